@@ -1,0 +1,1 @@
+"""thumbsae.video"""
