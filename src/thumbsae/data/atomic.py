@@ -1,0 +1,97 @@
+"""Temp-name-then-rename writes, so that no reader ever sees a half-written file or folder.
+
+Every package writes its outputs through these: the temporary lives in the destination's own
+folder (a rename across file systems would not be atomic) and keeps the destination's suffix
+(PIL, pandas and matplotlib pick the format from it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    """A hidden, unique name beside `path` that keeps its suffix: `.name.<tag>-<hex><suffix>`."""
+    return path.with_name(f".{path.stem}.{tag}-{uuid.uuid4().hex[:12]}{path.suffix}")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, on failure remove it.
+
+    The caller writes the temporary (any writer: `df.to_parquet(tmp)`, `img.save(tmp)`); the parent
+    folder is created if missing. `fsync=True` flushes the file to disk before the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"atomic write of {path}: nothing was written to {tmp.name}")
+        if fsync:
+            _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, write_fn: Callable[[Path], object], *, fsync: bool = False) -> Path:
+    """Call `write_fn(tmp)` on a temporary beside `path`, then rename it into place; returns `path`."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        write_fn(tmp)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False) -> Path:
+    """Write `data` to `path` atomically; returns `path`."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8", fsync: bool = False) -> Path:
+    """Write `text` to `path` atomically (no newline translation, so bytes match on every OS)."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(text.encode(encoding)), fsync=fsync)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `path`; on success it replaces `path`, on failure it is removed.
+
+    An existing `path` (file or folder) is moved aside and deleted only after the new folder is in
+    place, so an interruption leaves either the old or the new content, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(path, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if path.exists() or path.is_symlink():
+            old = _sibling(path, "old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise

@@ -1,0 +1,225 @@
+"""Apply an SAE to thumbnails with views and find the features that go with views (`python evaluate.py`).
+
+Writes, under the run folder, the files ../shared/CONTRACT.md names: `feature_groups.csv`,
+`summary.json`, `panels/` (PNGs + `index.html`), `engagement_model/`, plus `top_and_bottom_groups.csv`,
+`recovery.json` (on a world), `latents_thumbnails.npz`, `plots/` and the rejects CSVs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from thumbsae.data.atomic import atomic_write_text
+from thumbsae.errors import ThumbsaeError
+from thumbsae.tasks.embedded import ensure_world
+from thumbsae.tasks.extract import extract_store
+from thumbsae.tasks.loggers import closing_loggers, make_loggers, wandb_run
+
+
+def resolve_sae_dir(cfg: DictConfig) -> Path:
+    """`sae_dir`, or the embedded SAE (trained first with `train.py` defaults when missing)."""
+    if cfg.get("sae_dir"):
+        return Path(cfg.sae_dir)
+    run = Path(cfg.default_sae_run)
+    if not (run / "sae" / "config.json").exists():
+        print(f"no sae_dir given: training the embedded SAE into {run}")
+        cmd = [sys.executable, str(Path(__file__).resolve().parents[3] / "train.py"), f"hydra.run.dir={run}"]
+        subprocess.run(cmd, check=True)
+    return run / "sae"
+
+
+def settings_from_sae(cfg: DictConfig, sae_config: dict) -> DictConfig:
+    """A copy of `cfg` whose `model` and `activations` hook match the SAE's own training settings.
+
+    An SAE is only meaningful on the activations it was trained on, so evaluate never takes the
+    CLIP model, layer, token mode or fit from its own config.
+    """
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    clip = {k: v for k, v in sae_config["clip"].items() if k != "sha256"}
+    cfg.model = OmegaConf.create(clip)
+    for key in ("layer", "tokens", "fit"):
+        cfg.activations[key] = sae_config["hook"][key]
+    return cfg
+
+
+def align(table: pd.DataFrame, video_ids: list[str]) -> pd.DataFrame:
+    """Rows of `table` in the order of `video_ids` (the store's images)."""
+    indexed = table.set_index("video_id", drop=False)
+    return indexed.loc[list(video_ids)].reset_index(drop=True)
+
+
+def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
+    """Run the whole evaluation; returns the summary written to `out_dir/summary.json`."""
+    from thumbsae.activations import image_embeddings, load_clip
+    from thumbsae.analysis.latents import encode_latents, save_latents
+    from thumbsae.analysis.study import EvalConfig, run_feature_study, write_study
+    from thumbsae.sae import load_sae
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_world(cfg)
+    sae_dir = resolve_sae_dir(cfg)
+    sae, sae_config = load_sae(sae_dir)
+    cfg = settings_from_sae(cfg, sae_config)
+    from thumbsae.tasks.extract import clip_kwargs
+
+    clip = load_clip(**clip_kwargs(cfg.model))
+
+    thumb_store, thumbnails = extract_store(
+        cfg, cfg.data.thumbnails, kind="thumbnails", rejects_path=out_dir / "rejects.csv", clip=clip
+    )
+    ref_store, reference = extract_store(
+        cfg, cfg.data.reference, kind="reference", rejects_path=out_dir / "rejects_reference.csv", clip=clip
+    )
+    eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
+    thumb_latents = encode_latents(sae, thumb_store, pool=eval_cfg.pool)
+    ref_latents = encode_latents(sae, ref_store, pool=eval_cfg.pool)
+    save_latents(thumb_latents, out_dir / "latents_thumbnails.npz")
+    thumbnails = align(thumbnails, thumb_latents.video_ids)
+    reference = align(reference, ref_latents.video_ids)
+
+    result = run_feature_study(thumb_latents.csr, thumbnails, eval_cfg)
+    summary = write_study(result, out_dir)
+    feature_groups = result.feature_groups
+
+    side_features = [int(f) for f in feature_groups.loc[feature_groups["side"].isin(["high", "low"]), "feature"]]
+    names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip)
+    feature_groups["name"] = [names.get(int(f), {}).get("name", "") for f in feature_groups["feature"]]
+    write_csv(feature_groups, out_dir / "feature_groups.csv")
+    summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
+
+    recovery = world_recovery(cfg, result, thumb_latents.csr, thumbnails, eval_cfg)
+    if recovery is not None:
+        atomic_write_text(out_dir / "recovery.json", json.dumps(recovery, indent=2, sort_keys=True) + "\n")
+        summary["recovery"] = recovery.get("summary", {})
+
+    if cfg.get("engagement_model", True):
+        embeddings = image_embeddings(clip, thumbnails["image"].tolist())
+        summary["predictor"] = fit_and_save_engagement_model(
+            cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
+        )
+
+    summary["sae_dir"] = str(sae_dir)
+    summary["clip"] = sae_config["clip"]
+    summary["hook"] = sae_config["hook"]
+    atomic_write_text(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2, sort_keys=True) + "\n")
+
+    if cfg.get("report", True):
+        from thumbsae.report.panels import write_panels
+        from thumbsae.report.plots import write_plots
+
+        write_panels(out_dir / "panels", feature_groups, thumbnails, reference, ref_latents.csr, names)
+        write_plots(out_dir / "plots", feature_groups, result.nulls, summary)
+        loggers = make_loggers(cfg.get("logger"), out_dir, name=f"evaluate-{Path(sae_dir).parent.name}", group=cfg.get("experiment_name"))
+        with closing_loggers(loggers):
+            run = wandb_run(loggers)
+            if run is not None:
+                from thumbsae.report.wandb_log import log_evaluation
+
+                log_evaluation(run, out_dir / "panels", feature_groups, summary)
+    return summary
+
+
+def name_side_features(features, feature_groups, thumbnails, reference, ref_csr, clip) -> dict[int, dict]:
+    """Names for the high/low features from their top thumbnails (text tower) or reference labels."""
+    from thumbsae.analysis.names import name_features
+
+    image_of = dict(zip(thumbnails["video_id"], thumbnails["image"]))
+    members = dict(zip(feature_groups["feature"].astype(int), feature_groups["members"]))
+    top_images = {f: [image_of[v] for v in str(members[f]).split(";")[:11] if v in image_of] for f in features}
+    labels = {}
+    if "label" in reference.columns:
+        csc = ref_csr.tocsc()
+        for f in features:
+            col = csc.getcol(f)
+            order = np.argsort(-col.data, kind="stable")[:11]
+            labels[f] = [str(reference["label"].iloc[i]) for i in col.indices[order]]
+    sample = thumbnails["image"].iloc[:: max(1, len(thumbnails) // 256)].tolist()
+    return name_features(
+        features, top_images=top_images, all_images_sample=sample, clip=clip if clip.has_text else None, reference_labels=labels
+    )
+
+
+def world_recovery(cfg, result, csr, thumbnails, eval_cfg) -> dict | None:
+    """On a synthetic world (ground_truth.json beside the thumbnails), compare features with the truth."""
+    from dataclasses import replace
+
+    from thumbsae.analysis.recovery import recovery_report
+    from thumbsae.analysis.study import run_feature_study
+
+    truth_path = Path(cfg.data.thumbnails).parent / "ground_truth.json"
+    if not truth_path.exists() or "motifs" not in thumbnails.columns:
+        return None
+    truth = json.loads(truth_path.read_text())
+    adjusted = None
+    if eval_cfg.adjust == "none" and {"channel_id", "upload_date"} <= set(thumbnails.columns):
+        adjusted = run_feature_study(csr, thumbnails, replace(eval_cfg, adjust="channel_date")).feature_groups
+    elif eval_cfg.adjust != "none":
+        adjusted = result.feature_groups
+    raw = result.feature_groups if eval_cfg.adjust == "none" else None
+    if raw is None:
+        raw = run_feature_study(csr, thumbnails, replace(eval_cfg, adjust="none")).feature_groups
+    return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted)
+
+
+def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:
+    """Fit the engagement model on (adjusted) log views, save it with its features' info."""
+    from thumbsae.analysis.adjust import adjusted_log_views
+    from thumbsae.analysis.predictor import fit_engagement_model
+
+    has_channel = "channel_id" in thumbnails.columns
+    if has_channel:
+        target = adjusted_log_views(thumbnails, "channel")
+        kind = "channel_relative"
+    else:
+        target = np.log1p(thumbnails["views"].to_numpy(dtype=np.float64))
+        kind = "raw"
+    model, metrics = fit_engagement_model(
+        csr,
+        target,
+        groups=thumbnails["channel_id"].astype(str).to_numpy() if has_channel else None,
+        baseline_embeddings=embeddings,
+        seed=int(cfg.seed),
+        target_kind=kind,
+    )
+    image_of = dict(zip(thumbnails["video_id"], thumbnails["image"]))
+    info = {}
+    for row in feature_groups.itertuples(index=False):
+        f = int(row.feature)
+        info[f] = {
+            "name": names.get(f, {}).get("name", ""),
+            "lift": float(row.lift),
+            "q_value": float(row.q_value),
+            "side": str(row.side) if isinstance(row.side, str) else "",
+            "examples": [image_of[v] for v in str(row.members).split(";")[:6] if v in image_of],
+        }
+    model.save(model_dir, feature_info=info)
+    return metrics
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write a CSV atomically."""
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def to_jsonable(value):
+    """numpy scalars/arrays inside dicts and lists -> plain Python for json.dumps."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+__all__ = ["evaluate", "ThumbsaeError"]
