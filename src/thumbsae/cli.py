@@ -34,7 +34,7 @@ def _fetch(args: argparse.Namespace) -> int:
     from thumbsae.data import fetch_manifest
 
     manifest, rejects = fetch_manifest(
-        Path(args.manifest), Path(args.out), workers=args.workers, timeout=args.timeout
+        Path(args.manifest), Path(args.out), workers=args.workers, timeout=args.timeout, retries=args.retries
     )
     print(f"wrote {manifest} and {rejects}")
     return 0
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("manifest")
     fetch.add_argument("--out", required=True)
     fetch.add_argument("--workers", type=int, default=8)
-    fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    fetch.add_argument("--retries", type=int, default=2, help="retries on timeouts, 5xx and 429")
     fetch.set_defaults(run=_fetch)
 
     rank = sub.add_parser("rank", help="rank candidate stills of a video (or a folder of drafts)")

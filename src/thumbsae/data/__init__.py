@@ -1,1 +1,55 @@
-"""thumbsae.data"""
+"""thumbsae.data: image sets (manifests and folders), image decoding, validation, rejects,
+atomic writes and URL fetching.
+
+    load_image_set(source, kind=..., rejects_path=..., strict=...) -> pd.DataFrame
+    load_rgb(path) -> PIL.Image.Image (RGB)
+    fetch_manifest(manifest, out_dir) -> (manifest_csv, rejects_csv)
+    atomic_path / atomic_dir / atomic_write_bytes / atomic_write_text / write_atomic
+"""
+
+from thumbsae.data.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text, write_atomic
+from thumbsae.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_rgb
+from thumbsae.data.manifest import (
+    KINDS,
+    Reject,
+    RejectedRowsError,
+    ValidatedSet,
+    is_url,
+    load_image_set,
+    read_manifest,
+    validate_image_set,
+    write_manifest,
+    write_rejects,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "KINDS",
+    "ImageDecodeError",
+    "Reject",
+    "RejectedRowsError",
+    "ValidatedSet",
+    "atomic_dir",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "decode_image",
+    "fetch_manifest",
+    "is_url",
+    "load_image_set",
+    "load_rgb",
+    "read_manifest",
+    "validate_image_set",
+    "write_atomic",
+    "write_manifest",
+    "write_rejects",
+]
+
+
+def __getattr__(name: str):
+    # `requests` is only needed by `thumbsae fetch`; importing it lazily keeps `thumbsae.data` light.
+    if name == "fetch_manifest":
+        from thumbsae.data.fetch import fetch_manifest
+
+        return fetch_manifest
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
