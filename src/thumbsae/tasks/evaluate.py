@@ -17,7 +17,6 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from thumbsae.data.atomic import atomic_write_text
-from thumbsae.errors import ThumbsaeError
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers, wandb_run
@@ -59,7 +58,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the whole evaluation; returns the summary written to `out_dir/summary.json`."""
     from thumbsae.activations import image_embeddings, load_clip
     from thumbsae.analysis.latents import encode_latents, save_latents
-    from thumbsae.analysis.study import EvalConfig, run_feature_study, write_study
+    from thumbsae.analysis.study import EvalConfig, run_feature_study, to_json_ready, write_study
     from thumbsae.sae import load_sae
 
     out_dir = Path(out_dir)
@@ -78,7 +77,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     ref_store, reference = extract_store(
         cfg, cfg.data.reference, kind="reference", rejects_path=out_dir / "rejects_reference.csv", clip=clip
     )
-    eval_cfg = EvalConfig(**OmegaConf.to_container(cfg.eval, resolve=True))
+    eval_cfg = EvalConfig.from_mapping(OmegaConf.to_container(cfg.eval, resolve=True))
     thumb_latents = encode_latents(sae, thumb_store, pool=eval_cfg.pool)
     ref_latents = encode_latents(sae, ref_store, pool=eval_cfg.pool)
     save_latents(thumb_latents, out_dir / "latents_thumbnails.npz")
@@ -109,7 +108,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     summary["sae_dir"] = str(sae_dir)
     summary["clip"] = sae_config["clip"]
     summary["hook"] = sae_config["hook"]
-    atomic_write_text(out_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(to_json_ready(summary), indent=2, sort_keys=True) + "\n")
 
     if cfg.get("report", True):
         from thumbsae.report.panels import write_panels
@@ -166,17 +165,17 @@ def world_recovery(cfg, result, csr, thumbnails, eval_cfg) -> dict | None:
     raw = result.feature_groups if eval_cfg.adjust == "none" else None
     if raw is None:
         raw = run_feature_study(csr, thumbnails, replace(eval_cfg, adjust="none")).feature_groups
-    return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted)
+    return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted, alpha=eval_cfg.alpha)
 
 
 def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:
     """Fit the engagement model on (adjusted) log views, save it with its features' info."""
-    from thumbsae.analysis.adjust import adjusted_log_views
+    from thumbsae.analysis.adjust import adjust_views
     from thumbsae.analysis.predictor import fit_engagement_model
 
     has_channel = "channel_id" in thumbnails.columns
     if has_channel:
-        target = adjusted_log_views(thumbnails, "channel")
+        target = adjust_views(thumbnails, "channel")
         kind = "channel_relative"
     else:
         target = np.log1p(thumbnails["views"].to_numpy(dtype=np.float64))
@@ -209,17 +208,3 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
 
 
-def to_jsonable(value):
-    """numpy scalars/arrays inside dicts and lists -> plain Python for json.dumps."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
-
-
-__all__ = ["evaluate", "ThumbsaeError"]
