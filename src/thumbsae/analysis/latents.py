@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from thumbsae.data.atomic import atomic_write_text, write_atomic
 from thumbsae.errors import ThumbsaeError
 
 Pool = Literal["max", "mean"]
@@ -123,6 +123,28 @@ def _sae_dtype(sae: Any) -> torch.dtype:
     return torch.float32
 
 
+def _finish(
+    image: np.ndarray,
+    latent: np.ndarray,
+    value: np.ndarray,
+    count: np.ndarray,
+    tokens_per_image_I: np.ndarray,
+    pool: Pool,
+    index_dtype: type,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pooled values of complete images: `(image, latent, value float32)`, zeros dropped.
+
+    value: max or sum over the tokens where the latent was active; count: how many such tokens.
+    """
+    if pool == "mean":
+        value = value / tokens_per_image_I[image]
+    else:
+        # A latent absent from some of the image's tokens is 0 there, which beats a negative max.
+        value = np.where(count < tokens_per_image_I[image], np.maximum(value, 0.0), value)
+    keep = value != 0
+    return image[keep].astype(index_dtype), latent[keep].astype(index_dtype), value[keep].astype(np.float32)
+
+
 def _acts_and_indices(latents: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """`(acts_BK, indices_BK)` of an SAE's `encode` output (SparseLatents or a plain pair)."""
     if hasattr(latents, "acts_BK"):
@@ -176,10 +198,14 @@ def encode_latents(
     n_latents = _n_latents(sae)
     dtype = _sae_dtype(sae)
     tokens_per_image_I = np.bincount(rows.row_image_N, minlength=rows.n_images)
+    index_dtype = np.int32 if max(rows.n_images, n_latents) < 2**31 else np.int64
 
-    keys: list[np.ndarray] = []
-    values: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
+    # An image is complete once the batch holding its last row is done; only incomplete images'
+    # triplets are carried, so memory follows the pooled non-zeros (rows sorted by image carry one).
+    last_row_I = np.full(rows.n_images, -1, dtype=np.int64)
+    np.maximum.at(last_row_I, rows.row_image_N, np.arange(rows.n, dtype=np.int64))
+    pending = (np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, np.int32))
+    done: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     starts = range(0, rows.n, batch_size)
     if progress:
         from tqdm import tqdm
@@ -195,56 +221,37 @@ def encode_latents(
             image_BK = np.broadcast_to(rows.row_image_N[start:stop, None], acts_BK.shape)
             live = acts_BK != 0  # zeros are padding (relu SAEs) or inactive latents
             key = image_BK[live] * n_latents + indices_BK[live]
-            # Reduce within the batch now so memory follows pooled non-zeros, not tokens x k.
             key, value, count = _reduce_triplets(
-                key, acts_BK[live].astype(np.float64), np.ones(key.size, np.int64), pool
+                np.concatenate((pending[0], key)),
+                np.concatenate((pending[1], acts_BK[live].astype(np.float64))),
+                np.concatenate((pending[2], np.ones(key.size, np.int32))),
+                pool,
             )
-            keys.append(key)
-            values.append(value)
-            counts.append(count)
+            image = key // n_latents
+            complete = last_row_I[image] < stop
+            pending = (key[~complete], value[~complete], count[~complete])
+            done.append(
+                _finish(image[complete], key[complete] - image[complete] * n_latents,
+                        value[complete], count[complete], tokens_per_image_I, pool, index_dtype)
+            )
 
-    # Images split across batches show up in two chunks; merge them.
-    key, value, count = _reduce_triplets(
-        np.concatenate(keys) if keys else np.zeros(0, np.int64),
-        np.concatenate(values) if values else np.zeros(0, np.float64),
-        np.concatenate(counts) if counts else np.zeros(0, np.int64),
-        pool,
-    )
-    del keys, values, counts
-    image = key // n_latents
-    latent = key - image * n_latents
-    if pool == "mean":
-        value = value / tokens_per_image_I[image]
-    else:
-        # A latent absent from some of the image's tokens is 0 there, which beats a negative max.
-        value = np.where(count < tokens_per_image_I[image], np.maximum(value, 0.0), value)
-    keep = value != 0
-    image, latent, value = image[keep], latent[keep], value[keep]
-    # Keys are sorted by (image, latent), so this is canonical CSR with sorted indices.
+    image_M = np.concatenate([d[0] for d in done]) if done else np.zeros(0, index_dtype)
+    latent_M = np.concatenate([d[1] for d in done]) if done else np.zeros(0, index_dtype)
+    value_M = np.concatenate([d[2] for d in done]) if done else np.zeros(0, np.float32)
+    del done
+    if np.any(image_M[1:] < image_M[:-1]):
+        # Rows not sorted by image: images completed out of order; within an image latents are sorted.
+        order = np.argsort(image_M, kind="stable")
+        image_M, latent_M, value_M = image_M[order], latent_M[order], value_M[order]
     indptr = np.zeros(rows.n_images + 1, dtype=np.int64)
-    np.cumsum(np.bincount(image, minlength=rows.n_images), out=indptr[1:])
-    csr = sp.csr_matrix(
-        (value.astype(np.float32), latent.astype(np.int32 if n_latents < 2**31 else np.int64), indptr),
-        shape=(rows.n_images, n_latents),
-    )
+    np.cumsum(np.bincount(image_M, minlength=rows.n_images), out=indptr[1:])
+    del image_M
+    csr = sp.csr_matrix((value_M, latent_M, indptr), shape=(rows.n_images, n_latents))
     return LatentMatrix(csr=csr, video_ids=rows.video_ids)
 
 
 def _ids_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".npz") + ".video_ids.json")
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via `write(file)` to a temp file beside `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_latents(lm: LatentMatrix, path: str | os.PathLike) -> Path:
@@ -260,8 +267,8 @@ def save_latents(lm: LatentMatrix, path: str | os.PathLike) -> Path:
     meta = {"n_images": lm.n_images, "n_latents": lm.n_latents, "video_ids": [str(v) for v in lm.video_ids]}
     try:
         # The ids go first: a reader finding the .npz also finds ids of the same write.
-        _atomic_write(_ids_path(path), lambda f: f.write(json.dumps(meta).encode()))
-        _atomic_write(path, lambda f: sp.save_npz(f, csr, compressed=True))
+        atomic_write_text(_ids_path(path), json.dumps(meta))
+        write_atomic(path, lambda tmp: sp.save_npz(tmp, csr, compressed=True))
     except OSError as e:
         raise ThumbsaeError(f"{path}: cannot write latents ({e.strerror or e})") from e
     return path

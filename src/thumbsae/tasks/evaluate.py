@@ -41,8 +41,7 @@ def settings_from_sae(cfg: DictConfig, sae_config: dict) -> DictConfig:
     CLIP model, layer, token mode or fit from its own config.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    clip = {k: v for k, v in sae_config["clip"].items() if k != "sha256"}
-    cfg.model = OmegaConf.create(clip)
+    cfg.model = OmegaConf.create(dict(sae_config["clip"]))
     for key in ("layer", "tokens", "fit"):
         cfg.activations[key] = sae_config["hook"][key]
     return cfg
@@ -56,7 +55,7 @@ def align(table: pd.DataFrame, video_ids: list[str]) -> pd.DataFrame:
 
 def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the whole evaluation; returns the summary written to `out_dir/summary.json`."""
-    from thumbsae.activations import image_embeddings, load_clip
+    from thumbsae.activations import load_clip
     from thumbsae.analysis.latents import encode_latents, save_latents
     from thumbsae.analysis.study import EvalConfig, run_feature_study, to_json_ready, write_study
     from thumbsae.sae import load_sae
@@ -97,10 +96,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     recovery = world_recovery(cfg, result, thumb_latents.csr, thumbnails, eval_cfg)
     if recovery is not None:
         atomic_write_text(out_dir / "recovery.json", json.dumps(recovery, indent=2, sort_keys=True) + "\n")
-        summary["recovery"] = recovery.get("summary", {})
+        summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
 
     if cfg.get("engagement_model", True):
-        embeddings = image_embeddings(clip, thumbnails["image"].tolist())
+        embeddings = final_embeddings(clip, thumbnails["image"].tolist())
         summary["predictor"] = fit_and_save_engagement_model(
             cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
         )
@@ -124,6 +123,15 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
 
                 log_evaluation(run, out_dir / "panels", feature_groups, summary)
     return summary
+
+
+def final_embeddings(clip, paths: list[str], chunk: int = 256) -> np.ndarray:
+    """[N, E] normalised final CLIP image embeddings (the ridge baseline's input), in chunks."""
+    from thumbsae.activations import image_embeddings
+    from thumbsae.data import load_rgb
+
+    parts = [image_embeddings(clip, [load_rgb(p) for p in paths[i : i + chunk]]) for i in range(0, len(paths), chunk)]
+    return np.concatenate(parts, axis=0)
 
 
 def name_side_features(features, feature_groups, thumbnails, reference, ref_csr, clip) -> dict[int, dict]:

@@ -12,8 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 def clip_kwargs(model_cfg: DictConfig | dict) -> dict:
     """Keyword arguments of `thumbsae.activations.load_clip` from a `model` config node."""
     m = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    keys = ("name", "pretrained", "overrides", "quick_gelu", "mean", "std", "image_size")
-    return {k: m.get(k) for k in keys}
+    keys = ("name", "pretrained", "overrides", "quick_gelu", "mean", "std", "image_size", "seed", "sha256")
+    kwargs = {k: m.get(k) for k in keys}
+    kwargs["seed"] = int(kwargs["seed"] or 0)
+    return kwargs
 
 
 def store_folder(cfg: DictConfig, source: str | Path, kind: str) -> Path:

@@ -23,6 +23,12 @@ def run_name(cfg: DictConfig) -> str:
     return f"{s.arch}-x{s.expansion_factor}{k}"
 
 
+def clip_sha256(store) -> str | None:
+    """sha256 of the local CLIP checkpoint the store was extracted with (None for tags/random)."""
+    model = store.metadata.get("model", {})
+    return model.get("sha256") if isinstance(model, dict) else store.metadata.get("model_sha256")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Path:
     """Extract (or reuse) activations of `data.train`, train the SAE, write `run_dir/sae/`.
 
@@ -77,7 +83,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
     meta = {
-        "clip": {**clip_kwargs(cfg.model), "sha256": store.metadata.get("model", {}).get("sha256")},
+        "clip": {**clip_kwargs(cfg.model), "sha256": clip_sha256(store)},
         "hook": {"layer": int(cfg.activations.layer), "tokens": str(cfg.activations.tokens), "fit": str(cfg.activations.fit)},
         "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if cfg.datamodule.normalize else "none"},
         "training": {
