@@ -71,10 +71,12 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     clip = load_clip(**clip_kwargs(cfg.model))
 
     thumb_store, thumbnails = extract_store(
-        cfg, cfg.data.thumbnails, kind="thumbnails", rejects_path=out_dir / "rejects.csv", clip=clip
+        cfg, cfg.data.thumbnails, kind="thumbnails", rejects_path=out_dir / "rejects.csv", clip=clip,
+        out_dir=cfg.activations.get("thumbnails_store"),
     )
     ref_store, reference = extract_store(
-        cfg, cfg.data.reference, kind="reference", rejects_path=out_dir / "rejects_reference.csv", clip=clip
+        cfg, cfg.data.reference, kind="reference", rejects_path=out_dir / "rejects_reference.csv", clip=clip,
+        out_dir=cfg.activations.get("reference_store"),
     )
     eval_cfg = EvalConfig.from_mapping(OmegaConf.to_container(cfg.eval, resolve=True))
     thumb_latents = encode_latents(sae, thumb_store, pool=eval_cfg.pool)
