@@ -5,8 +5,9 @@ Two ways, and every name says which it used (`source`):
 - `"text"`: the model has a text tower. A feature's direction in CLIP's joint space is the mean
   image embedding of its top images minus the mean over a background sample (which removes what
   every thumbnail shares: layout, the "thumbnail look"). Each vocabulary word is prompted as
-  "a photo of {word}", its text embedding centred on the mean over the vocabulary (which removes
-  what every prompt shares), and the words with the highest cosine to the direction win.
+  "a photo of {word}" and "a thumbnail of {word}" (embeddings averaged), centred on the mean over
+  the vocabulary (which removes what every prompt shares), and the words with the highest cosine
+  to the direction win.
 - `"reference_label"`: no text tower, but the feature's top reference images carry labels
   (ImageNet-style classes). The name is the most common label among them, with its share.
 - `"none"`: neither was available; the name is empty.
@@ -23,7 +24,7 @@ import numpy as np
 
 from thumbsae.errors import ThumbsaeError
 
-PROMPT_TEMPLATE = "a photo of {}"
+PROMPT_TEMPLATES = ("a photo of {}", "a thumbnail of {}")
 
 
 def vocabulary_path() -> Path:
@@ -58,7 +59,7 @@ def name_features(
     reference_labels: dict[int, list[str]] | None = None,
     vocabulary: Sequence[str] | str | Path | None = None,
     top_words: int = 3,
-    template: str = PROMPT_TEMPLATE,
+    template: str | Sequence[str] = PROMPT_TEMPLATES,
     batch_size: int = 64,
 ) -> dict[int, dict]:
     """Name each feature from CLIP text words (with a text tower) or its reference labels.
@@ -70,12 +71,15 @@ def name_features(
             the union of every feature's top images.
         clip: a `LoadedCLIP` (or anything with `has_text`); the text path runs when
             `clip.has_text` is true, through `thumbsae.activations.encode_text` and
-            `thumbsae.activations.image_embeddings` (both return L2-normalised `[N, E]` arrays).
-        reference_labels: feature -> labels of its top reference images, highest first; used when
-            there is no text tower.
+            `thumbsae.activations.image_embeddings` (both return L2-normalised `[N, E]` arrays;
+            each distinct image is decoded and embedded once, `batch_size` at a time).
+        reference_labels: feature -> labels of its top reference images, highest first; the name
+            when there is no text tower (or no top image to embed), else added to the text name
+            as `reference_label` / `reference_share`.
         vocabulary: a list of words, a vocabulary file, or None for the shipped one.
         top_words: how many words make a text name.
-        template: the prompt each word is put in.
+        template: the prompt (or prompts, averaged) each word is put in.
+        batch_size: images decoded at a time (bounds memory: only one batch of pixels is held).
     Returns:
         feature -> {"name": str, "source": "text" | "reference_label" | "none",
         "words": [(word or label, score)]} where score is a cosine for `"text"` and a share of the
@@ -84,12 +88,19 @@ def name_features(
         i.e. on the higher-activating image.
     """
     features = [int(f) for f in features]
-    if clip is not None and getattr(clip, "has_text", False):
-        words = vocabulary if isinstance(vocabulary, (list, tuple)) else load_vocabulary(vocabulary)
-        return _name_by_text(
-            features, top_images, all_images_sample, clip, list(words), top_words, template, batch_size
-        )
-    return {f: _name_by_reference_label((reference_labels or {}).get(f, [])) for f in features}
+    by_label = {f: _name_by_reference_label((reference_labels or {}).get(f, [])) for f in features}
+    if clip is None or not getattr(clip, "has_text", False):
+        return by_label
+    words = vocabulary if isinstance(vocabulary, (list, tuple)) else load_vocabulary(vocabulary)
+    names = _name_by_text(features, top_images, all_images_sample, clip, list(words), top_words, template, batch_size)
+    for f in features:
+        if names[f]["source"] == "none":
+            names[f] = by_label[f]  # no top images to embed: the labels are all we have
+        elif by_label[f]["source"] == "reference_label":
+            # Shown beside the text name: two independent readings of the same feature.
+            names[f]["reference_label"] = by_label[f]["name"]
+            names[f]["reference_share"] = by_label[f]["share"]
+    return names
 
 
 def _name_by_reference_label(labels: list[str]) -> dict:
@@ -117,13 +128,19 @@ def _name_by_text(
     clip,
     words: list[str],
     top_words: int,
-    template: str,
+    template: str | Sequence[str],
     batch_size: int,
 ) -> dict[int, dict]:
     """Top vocabulary words per feature by cosine of (top - background) with centred prompts."""
     from thumbsae.activations import encode_text, image_embeddings
 
-    prompts_WE = np.asarray(encode_text(clip, [template.format(w) for w in words]), dtype=np.float64)
+    templates = [template] if isinstance(template, str) else list(template)
+    # Prompt ensembling: each word's text embedding is the mean over the templates, renormalised.
+    prompts_TWE = np.asarray(
+        encode_text(clip, [t.format(w) for t in templates for w in words]), dtype=np.float64
+    ).reshape(len(templates), len(words), -1)
+    prompts_WE = prompts_TWE.mean(axis=0)
+    prompts_WE /= np.maximum(np.linalg.norm(prompts_WE, axis=1, keepdims=True), 1e-12)
     # Centring removes what "a photo of ..." shares, so words differ only by their content.
     prompts_WE = prompts_WE - prompts_WE.mean(axis=0, keepdims=True)
     prompts_WE /= np.maximum(np.linalg.norm(prompts_WE, axis=1, keepdims=True), 1e-12)
@@ -158,8 +175,8 @@ def _name_by_text(
 
 
 def _embed_paths(clip, paths: list[str], image_embeddings, batch_size: int) -> np.ndarray:
-    """`[N, E]` float64 embeddings of the images at `paths`, decoded and embedded in batches."""
-    from thumbsae.data import load_rgb
+    """`[N, E]` float64 embeddings of the images at `paths`, decoded and embedded a batch at a time."""
+    from thumbsae.data.images import load_rgb
 
     chunks = []
     for start in range(0, len(paths), batch_size):

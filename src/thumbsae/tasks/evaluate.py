@@ -115,7 +115,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         from thumbsae.report.panels import write_panels
         from thumbsae.report.plots import write_plots
 
-        write_panels(out_dir / "panels", feature_groups, thumbnails, reference, ref_latents.csr, names)
+        write_panels(
+            out_dir / "panels", feature_groups, thumbnails, reference, ref_latents.csr, names,
+            stat_label=f"group {eval_cfg.statistic}",
+        )
         write_plots(out_dir / "plots", feature_groups, result.nulls, summary)
         loggers = make_loggers(cfg.get("logger"), out_dir, name=f"evaluate-{Path(sae_dir).parent.name}", group=cfg.get("experiment_name"))
         with closing_loggers(loggers):
