@@ -4,7 +4,7 @@ The anchor is what a user would write without us: `Image.open(p).convert("RGB")`
 after the other, with no validation. ratio = anchor seconds / our seconds (higher is better); the
 target is 1.0: all our checks, rejects and mode handling should cost no more than the bare loop.
 
-    python bench/bench_data_decode.py [--n 10000] [--size 224]
+    python bench/data_decode.py [--n 10000] [--size 224]
 """
 
 from __future__ import annotations
