@@ -201,6 +201,8 @@ def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, f
         seed=int(cfg.seed),
         target_kind=kind,
     )
+    # rank pools a still's token latents the way the model was fitted.
+    model.metrics["pool"] = metrics["pool"] = eval_cfg.pool
     image_of = dict(zip(thumbnails["video_id"], thumbnails["image"]))
     info = {}
     for row in feature_groups.itertuples(index=False):
