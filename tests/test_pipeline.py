@@ -23,7 +23,7 @@ SUMMARY_KEYS = {
 }
 # Small but real: the tiny world, the tiny random CLIP, a short TopK run.
 TRAIN_OVERRIDES = [
-    "trainer.max_steps=40", "trainer.val_check_interval=20", "sae.expansion_factor=4", "sae.k=8",
+    "model=tiny_random", "trainer.max_steps=40", "trainer.val_check_interval=20", "sae.expansion_factor=4", "sae.k=8",
     "sae.batch_size=256", "logger=csv",
 ]
 EVAL_OVERRIDES = [
@@ -105,3 +105,29 @@ def test_evaluate_writes_the_contract_files(evaluated, tiny_world):
     recovery = json.loads((evaluated / "recovery.json").read_text())
     assert {m["motif"] for m in recovery["motifs"]} >= {"food", "sports_field"}
     assert pd.read_csv(evaluated / "rejects.csv").empty
+
+
+def test_rank_uses_the_trained_sae_and_the_evaluated_model(trained, evaluated, repo_root):
+    from thumbsae.video.synthetic import world_shot, write_video
+
+    video = trained / "clip.mp4"
+    shots = [
+        world_shot(["food"], size=(480, 270), seconds=1.2, seed=1),
+        world_shot(["sports_field"], size=(480, 270), seconds=1.2, seed=2, scene="studio"),
+        world_shot(["car", "animal"], size=(480, 270), seconds=1.2, seed=3, scene="burst"),
+    ]
+    write_video(video, shots, size=(320, 180), fps=15)
+    out = trained / "ranked"
+    run(
+        repo_root, "-m", "thumbsae.cli", "rank", str(video), "--sae", str(trained / "run" / "sae"),
+        "--model", str(evaluated / "engagement_model"), "--out", str(out), "--no-progress", cwd=trained,
+    )
+    ranking = json.loads((out / "ranking.json").read_text())
+    assert 1 <= len(ranking) <= 3
+    scores = [r["score"] for r in ranking]
+    assert scores == sorted(scores, reverse=True)
+    for r in ranking:
+        assert {"time_s", "score", "image", "features"} <= set(r)
+        assert Path(r["image"]).exists()
+        assert all({"feature", "contribution"} <= set(f) for f in r["features"])
+    assert (out / "report.html").exists()
