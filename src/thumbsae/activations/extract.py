@@ -1,0 +1,427 @@
+"""Extract hooked CLIP activations of an image set into a resumable, content-addressed shard store.
+
+DataLoader workers decode and fit the images; the main process runs the truncated vision tower
+under `torch.inference_mode` one shard-aligned batch at a time, so a shard's bytes never depend on
+where an earlier run stopped. Each finished shard is renamed into place with a small record
+(`shard_XXXXX.json`) of which images it holds; `metadata.json` is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from thumbsae.activations.clip import LoadedCLIP
+from thumbsae.activations.hooks import TOKEN_MODES, Tokens, hooked_activations, resolve_layer, vision_blocks
+from thumbsae.activations.preprocess import DEFAULT_FIT, FITS, Fit, ImageTransform, make_transform
+from thumbsae.activations.store import (
+    DTYPES,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    ROW_IMAGE_FILE,
+    ROW_TOKEN_FILE,
+    ActivationStore,
+    finish_store,
+    shard_name,
+    to_storage,
+    write_array,
+    write_json,
+)
+from thumbsae.data import ImageDecodeError, Reject, load_rgb, write_rejects
+from thumbsae.errors import ThumbsaeError
+
+DEFAULT_SHARD_ROWS = 16384
+
+
+@dataclass(frozen=True)
+class _DecodedImages(Dataset):
+    """Image i of `paths` -> `(i, uint8 pixels [3, H, W] or None, reject reason or None)`; runs in workers."""
+
+    paths: tuple[str, ...]
+    transform: ImageTransform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return i, self.transform.fit_pixels(load_rgb(self.paths[i])), None
+        except ImageDecodeError as exc:
+            return i, None, exc.reason
+        except Exception as exc:  # a decoder or resize bug in one file must not stop extraction
+            return i, None, f"unusable image: {' '.join(str(exc).split())[:200]}"
+
+
+def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None, list]:
+    """Stack a batch's decodable images: `(kept indices, uint8 pixels_BCHW or None, [(index, reason)])`."""
+    kept = [i for i, x, _ in items if x is not None]
+    pixels_BCHW = torch.stack([x for _, x, _ in items if x is not None]) if kept else None
+    rejects = [(i, reason) for i, x, reason in items if x is None]
+    return kept, pixels_BCHW, rejects
+
+
+def extract_to_store(
+    images_df: pd.DataFrame,
+    clip: LoadedCLIP,
+    *,
+    layer: int,
+    tokens: Tokens,
+    fit: Fit = DEFAULT_FIT,
+    out_dir: str | os.PathLike,
+    dtype: str = "float16",
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    rejects_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ActivationStore:
+    """Extract activations of every image of `images_df` (columns `video_id`, `image`) into `out_dir`.
+
+    Rows: one per image (`cls`, `mean`; `[D]`) or T per image (`all`). Shards hold whole images,
+    about `shard_rows` rows each. Unreadable images become rejects (`row` = position in
+    `images_df`, `video_id`, `image`, `reason`), written to `rejects_path` when given; they get no
+    rows. A finished store with the same content hash (image bytes + settings) is reused as is; an
+    interrupted one is resumed, recomputing only unfinished shards. Returns the opened store.
+    """
+    _check_settings(images_df, tokens, fit, dtype, shard_rows, batch_size)
+    out_dir = Path(out_dir)
+    video_ids = [str(v) for v in images_df["video_id"]]
+    paths = tuple(str(p) for p in images_df["image"])
+    settings, transform = _settings(clip, layer=layer, tokens=tokens, fit=fit, dtype=dtype, shard_rows=shard_rows)
+    images_per_shard = settings["images_per_shard"]
+    content_hash = _content_hash(settings, video_ids, paths)
+
+    finished = _finished_store(out_dir, content_hash)
+    if finished is not None:
+        _write_rejects(finished.metadata["rejects"], images_df, rejects_path, out_dir)
+        return finished
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A store being rewritten must never look finished, and killed writes leave temporaries behind.
+    (out_dir / METADATA_FILE).unlink(missing_ok=True)
+    for leftover in out_dir.glob(".*.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+    n_shards = math.ceil(len(paths) / images_per_shard)
+    shard_inputs = [(s * images_per_shard, min(len(paths), (s + 1) * images_per_shard)) for s in range(n_shards)]
+    pending = [s for s in range(n_shards) if _shard_record(out_dir, s, content_hash) is None]
+    done_images = len(paths) - sum(shard_inputs[s][1] - shard_inputs[s][0] for s in pending)
+    with tqdm(
+        total=len(paths), initial=done_images, unit="img", desc=f"extract {out_dir.name}", disable=not progress
+    ) as bar:
+        job = _ShardJob(clip, transform, layer, tokens, dtype, settings["d"], out_dir, content_hash)
+        _extract_shards(job, pending, shard_inputs, paths, batch_size=batch_size, num_workers=num_workers, bar=bar)
+
+    metadata = _finish(out_dir, n_shards, shard_inputs, content_hash, settings, video_ids)
+    _write_rejects(metadata["rejects"], images_df, rejects_path, out_dir)
+    return ActivationStore(out_dir)
+
+
+def store_content_hash(
+    images_df: pd.DataFrame,
+    clip: LoadedCLIP,
+    *,
+    layer: int,
+    tokens: Tokens,
+    fit: Fit = DEFAULT_FIT,
+    dtype: str = "float16",
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+) -> str:
+    """The content hash `extract_to_store` would give these inputs (sha256 hex), e.g. to name a cache folder."""
+    settings, _ = _settings(clip, layer=layer, tokens=tokens, fit=fit, dtype=dtype, shard_rows=shard_rows)
+    return _content_hash(settings, [str(v) for v in images_df["video_id"]], tuple(str(p) for p in images_df["image"]))
+
+
+def _settings(
+    clip: LoadedCLIP, *, layer: int, tokens: str, fit: str, dtype: str, shard_rows: int
+) -> tuple[dict, ImageTransform]:
+    """Everything besides the images that decides a store's bytes (hashed, and kept in its metadata)."""
+    transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
+    tokens_per_image, d = _probe_shape(clip, transform, layer, tokens)
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "model": {**clip.to_config(), "seed": clip.seed},
+        "layer": int(layer),
+        "layer_index": resolve_layer(clip.model, layer),
+        "n_blocks": len(vision_blocks(clip.model)),
+        "tokens": tokens,
+        "dtype": dtype,
+        "d": d,
+        "tokens_per_image": tokens_per_image,
+        "images_per_shard": max(1, shard_rows // tokens_per_image),
+        "preprocessing": {
+            "fit": fit,
+            "mean": list(clip.mean),
+            "std": list(clip.std),
+            "image_size": clip.to_config()["image_size"],
+        },
+    }
+    return settings, transform
+
+
+def embed_images(
+    clip: LoadedCLIP,
+    images: Sequence[Image.Image],
+    *,
+    layer: int,
+    tokens: Tokens,
+    fit: Fit = DEFAULT_FIT,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Hooked activations of in-memory PIL images: float32 `[N, D]` (`cls`/`mean`) or `[N, T, D]` (`all`).
+
+    The same preprocessing and hook as `extract_to_store`, for small sets (`thumbsae rank`).
+    """
+    transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        pixels_BCHW = torch.stack([transform.fit_pixels(im) for im in images[start : start + batch_size]])
+        with torch.inference_mode():
+            x_BCHW = transform.normalize(pixels_BCHW.to(clip.device))
+            parts.append(hooked_activations(clip.model, x_BCHW, layer, tokens).float().cpu().numpy())
+    if not parts:
+        tokens_per_image, d = _probe_shape(clip, transform, layer, tokens)
+        return np.zeros((0, d) if tokens != "all" else (0, tokens_per_image, d), dtype=np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+def image_embeddings(
+    clip: LoadedCLIP, images: Sequence[Image.Image], *, fit: Fit = DEFAULT_FIT, batch_size: int = 64
+) -> np.ndarray:
+    """Final CLIP image embeddings, L2-normalised: float32 `[N, E]` (ridge baseline, zero-shot)."""
+    transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        pixels_BCHW = torch.stack([transform.fit_pixels(im) for im in images[start : start + batch_size]])
+        with torch.inference_mode():
+            x_BCHW = transform.normalize(pixels_BCHW.to(clip.device))
+            parts.append(clip.model.encode_image(x_BCHW, normalize=True).float().cpu().numpy())
+    embed_dim = int(getattr(clip.model.visual, "output_dim", 0) or 0)
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, embed_dim), dtype=np.float32)
+
+
+def encode_text(clip: LoadedCLIP, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
+    """Text embeddings of `texts`, L2-normalised: float32 `[N, E]`, comparable with `image_embeddings`."""
+    if not clip.has_text or clip.tokenizer is None:
+        raise ThumbsaeError(f"CLIP model {clip.name} has no text tower; feature names and zero-shot need one")
+    parts = []
+    for start in range(0, len(texts), batch_size):
+        tokens_BL = clip.tokenizer(list(texts[start : start + batch_size])).to(clip.device)
+        with torch.inference_mode():
+            parts.append(clip.model.encode_text(tokens_BL, normalize=True).float().cpu().numpy())
+    embed_dim = int(getattr(clip.model, "text_projection", torch.zeros(0, 0)).shape[-1])
+    return np.concatenate(parts, axis=0) if parts else np.zeros((0, embed_dim), dtype=np.float32)
+
+
+def _check_settings(images_df: pd.DataFrame, tokens: str, fit: str, dtype: str, shard_rows: int, batch_size: int):
+    missing = [c for c in ("video_id", "image") if c not in images_df.columns]
+    if missing:
+        raise ThumbsaeError(
+            f"image table lacks column(s) {', '.join(missing)}; load it with thumbsae.data.load_image_set"
+        )
+    if tokens not in TOKEN_MODES:
+        raise ThumbsaeError(f"activations.tokens={tokens!r}: use one of {', '.join(TOKEN_MODES)}")
+    if fit not in FITS:
+        raise ThumbsaeError(f"activations.fit={fit!r}: use one of {', '.join(FITS)}")
+    if dtype not in DTYPES:
+        raise ThumbsaeError(f"activations.dtype={dtype!r}: use one of {', '.join(DTYPES)}")
+    if shard_rows < 1 or batch_size < 1:
+        raise ThumbsaeError(f"activations.shard_rows={shard_rows} and batch_size={batch_size} must be >= 1")
+
+
+def _probe_shape(clip: LoadedCLIP, transform: ImageTransform, layer: int, tokens: str) -> tuple[int, int]:
+    """`(tokens per image, D)` of the hooked output, from one blank image."""
+    h, w = transform.size_hw
+    with torch.inference_mode():
+        out = hooked_activations(clip.model, torch.zeros(1, 3, h, w, device=clip.device), layer, tokens)
+    return (int(out.shape[1]) if tokens == "all" else 1), int(out.shape[-1])
+
+
+def _content_hash(settings: dict, video_ids: list[str], paths: tuple[str, ...]) -> str:
+    """sha256 over the settings and, per image in order, its video_id and the sha256 of its bytes."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for video_id, path in zip(video_ids, paths):
+        digest.update(json.dumps(video_id).encode())
+        digest.update(_file_digest(path))
+    return digest.hexdigest()
+
+
+def _file_digest(path: str) -> bytes:
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.digest()
+    except OSError as exc:
+        return f"unreadable:{type(exc).__name__}".encode()
+
+
+def _finished_store(out_dir: Path, content_hash: str) -> ActivationStore | None:
+    """The store in `out_dir` if it is finished, built from the same content, with all its files."""
+    try:
+        meta = json.loads((out_dir / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("content_hash") != content_hash or meta.get("format_version") != FORMAT_VERSION:
+        return None
+    files = [s["file"] for s in meta.get("shards", [])] + [ROW_IMAGE_FILE, ROW_TOKEN_FILE]
+    if not all((out_dir / f).is_file() for f in files):
+        return None
+    return ActivationStore(out_dir)
+
+
+def _shard_record(out_dir: Path, shard: int, content_hash: str) -> dict | None:
+    """The record of a finished shard of this content, or None (missing, stale or unreadable)."""
+    npy = out_dir / shard_name(shard)
+    try:
+        record = json.loads(npy.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("content_hash") != content_hash or not npy.is_file():
+        return None
+    return record
+
+
+def _shard_index(path: Path) -> int | None:
+    stem = path.name.split(".")[0]
+    digits = stem.removeprefix("shard_")
+    return int(digits) if stem.startswith("shard_") and digits.isdigit() else None
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """What every shard of one extraction shares."""
+
+    clip: LoadedCLIP
+    transform: ImageTransform
+    layer: int
+    tokens: str
+    dtype: str
+    d: int
+    out_dir: Path
+    content_hash: str
+
+
+def _extract_shards(
+    job: _ShardJob,
+    pending: list[int],
+    shard_inputs: list[tuple[int, int]],
+    paths: tuple[str, ...],
+    *,
+    batch_size: int,
+    num_workers: int,
+    bar: tqdm,
+) -> None:
+    """Compute and write every pending shard; batches never straddle two shards."""
+    batches: list[list[int]] = []
+    batch_shard: list[int] = []
+    for s in pending:
+        a, b = shard_inputs[s]
+        for start in range(a, b, batch_size):
+            batches.append(list(range(start, min(b, start + batch_size))))
+            batch_shard.append(s)
+    if not batches:
+        return
+    loader = DataLoader(
+        _DecodedImages(paths, job.transform),
+        batch_sampler=batches,
+        collate_fn=_collate,
+        num_workers=num_workers,
+    )
+    acts: list[np.ndarray] = []
+    kept: list[int] = []
+    rejects: list[tuple[int, str]] = []
+    for n, (shard, (batch_kept, pixels_BCHW, batch_rejects)) in enumerate(zip(batch_shard, loader)):
+        if pixels_BCHW is not None:
+            with torch.inference_mode():
+                x_BCHW = job.transform.normalize(pixels_BCHW.to(job.clip.device))
+                out = hooked_activations(job.clip.model, x_BCHW, job.layer, job.tokens)
+            acts.append(to_storage(out.reshape(-1, out.shape[-1]), job.dtype))
+            kept.extend(batch_kept)
+        rejects.extend(batch_rejects)
+        bar.update(len(batch_kept) + len(batch_rejects))
+        if n + 1 == len(batches) or batch_shard[n + 1] != shard:
+            write_shard(job, shard, acts, kept, rejects)
+            acts, kept, rejects = [], [], []
+
+
+def write_shard(
+    job: _ShardJob, shard: int, acts: list[np.ndarray], kept: list[int], rejects: list[tuple[int, str]]
+) -> None:
+    """Write shard `shard` (`[rows, D]` storage array), then its record; both atomically, in that order."""
+    if acts:
+        array = np.concatenate(acts, axis=0)
+    else:
+        # An all-rejected shard still exists, with zero rows, so row ranges stay contiguous.
+        array = np.zeros((0, job.d), dtype=np.uint16 if job.dtype == "bfloat16" else np.dtype(job.dtype))
+    npy = job.out_dir / shard_name(shard)
+    write_array(npy, array)
+    record = {
+        "content_hash": job.content_hash,
+        "file": npy.name,
+        "inputs": list(kept),
+        "rejects": [[int(i), reason] for i, reason in sorted(rejects)],
+        "rows": int(array.shape[0]),
+    }
+    write_json(npy.with_suffix(".json"), record)
+
+
+def _finish(
+    out_dir: Path, n_shards: int, shard_inputs: list[tuple[int, int]], content_hash: str, settings: dict,
+    video_ids: list[str],
+) -> dict:
+    """Collect the shard records into `metadata.json` (written last, by `finish_store`)."""
+    shards, kept_inputs, rejects = [], [], []
+    row = 0
+    for s in range(n_shards):
+        record = _shard_record(out_dir, s, content_hash)
+        if record is None:
+            raise ThumbsaeError(f"{out_dir / shard_name(s)}: shard missing after extraction; run it again")
+        first_image = len(kept_inputs)
+        kept_inputs.extend(record["inputs"])
+        rejects.extend(record["rejects"])
+        shards.append({
+            "file": record["file"],
+            "rows": [row, row + record["rows"]],
+            "images": [first_image, len(kept_inputs)],
+            "inputs": list(shard_inputs[s]),
+        })
+        row += record["rows"]
+    for stale in sorted(out_dir.glob("shard_*.*")):
+        if (index := _shard_index(stale)) is not None and index >= n_shards:
+            stale.unlink(missing_ok=True)
+    extra = {
+        "content_hash": content_hash,
+        "n_inputs": len(video_ids),
+        "input_index": kept_inputs,
+        "rejects": [{"input_index": i, "video_id": video_ids[i], "reason": reason} for i, reason in rejects],
+    }
+    return finish_store(out_dir, header=settings, shards=shards, video_ids=[video_ids[i] for i in kept_inputs],
+                        extra=extra)
+
+
+def _write_rejects(rejects: list[dict], images_df: pd.DataFrame, rejects_path, out_dir: Path) -> None:
+    if rejects:
+        where = f" -> {rejects_path}" if rejects_path is not None else f" (listed in {out_dir / METADATA_FILE})"
+        print(f"{out_dir}: {len(rejects)} of {len(images_df)} images could not be decoded{where}", flush=True)
+    if rejects_path is None:
+        return
+    table = [
+        Reject(row=r["input_index"], video_id=r["video_id"], image=str(images_df["image"].iloc[r["input_index"]]),
+               reason=r["reason"])
+        for r in rejects
+    ]
+    write_rejects(table, rejects_path)
