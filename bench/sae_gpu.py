@@ -6,7 +6,7 @@ Times our training step (bf16 autocast forward, sparse backward, AuxK with a liv
 fused Adam, unit-norm decoder) against the bound set by the bare bf16 encoder matmul
 [B, 1024] x [1024, 65536] alone, on the same GPU in the same run. If eai-sparsify is installed, its
 SparseCoder (Triton kernels, bf16 autocast) is timed too, for reference. Exits with a clear
-message and status 0 when no GPU is present (`--device cpu` runs the same code small, as a smoke test).
+message, a JSON line with `ratio: null` and status 0 when no GPU is present (`--device cpu` runs the same code small, as a smoke test).
 
 Last line: JSON with `ratio` (our tokens/s / matmul-only bound) and `target`.
 """
@@ -54,6 +54,7 @@ def main() -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("sae_gpu.py: no CUDA GPU here; run it on a GPU machine (or --device cpu for a smoke test)", file=sys.stderr)
+        print(json.dumps({"ratio": None, "target": TARGET, "skipped": "no CUDA GPU"}))
         return 0
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     n_latents = args.d * args.expansion

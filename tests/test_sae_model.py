@@ -231,3 +231,21 @@ def test_row_chunked_encoder_matches_one_chunk(monkeypatch):
     torch.testing.assert_close(loss_a, loss_b)
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_forward_and_backward_track_float32():
+    sae = _sae(aux_coef=1.0)
+    x = torch.randn(24, D, generator=torch.Generator().manual_seed(8))
+    dead = torch.zeros(F, dtype=torch.bool)
+    dead[1::2] = True
+    sae(x, dead).loss.backward()
+    fp32 = _grads(sae)
+    sae.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x, dead)
+    out.loss.backward()
+    assert out.sae_out.dtype == torch.float32
+    for name, p in sae.named_parameters():
+        assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), fp32[name].flatten(), dim=0)
+        assert cos > 0.9, f"bf16 gradient of {name} diverges from float32 (cos {float(cos):.3f})"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import warnings
+import io
 
 import numpy as np
 import pytest
@@ -16,8 +16,10 @@ from thumbsae.sae.lightning import density_summary, max_decoder_cosine
 
 D = 16
 
-warnings.filterwarnings("ignore", ".*does not have many workers.*")
-warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*GPU available but not used.*"),
+]
 
 
 def dictionary_data(n: int, d: int = D, atoms: int = 40, active: int = 3, seed: int = 0) -> torch.Tensor:
@@ -194,7 +196,7 @@ def test_validation_metrics_match_direct_computation(tmp_path):
     assert 0 <= metrics["val/dense_fraction"] <= 1
 
     # the CSV logger got the training metrics every step, the lr warming up
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    rows = list(csv.DictReader(io.StringIO(next(tmp_path.rglob("metrics.csv")).read_text())))
     lrs = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
     assert lrs[:3] == pytest.approx([1e-3, 2e-3, 3e-3]) and lrs[-1] == pytest.approx(3e-3)
     assert any(r.get("train/tokens_per_s") for r in rows) and any(r.get("train/fvu") for r in rows)
@@ -233,15 +235,30 @@ def test_density_histogram_goes_to_wandb_when_attached(monkeypatch):
     assert "val/feature_density_log10" in logged[0]
 
 
+class Interleaved(pl.LightningDataModule):
+    """Rank r gets rows r, r + world, r + 2 world, ... in order (no shuffling)."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int):
+        super().__init__()
+        self.x, self.batch_size = x, batch_size
+
+    def train_dataloader(self):
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(
+            TensorDataset(self.x), num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+        )
+        return DataLoader(TensorDataset(self.x), batch_size=self.batch_size, sampler=sampler)
+
+
 @pytest.mark.slow
 def test_ddp_all_reduces_dead_latent_statistics():
-    """Two CPU ranks (gloo): token counts and firing are summed over ranks, b_dec is the mean of
-    both ranks' first batches, and both ranks end with the same weights and buffers."""
+    """Two CPU ranks (gloo): token counts and firing are summed over ranks and b_dec is the mean of
+    both ranks' first batches (the weights come back from rank 0)."""
     data = dictionary_data(256)
     module = SAELitModule(topk_cfg(dead_window_tokens=10_000, lr=1e-12, warmup_steps=1))
-    run = trainer(3, strategy="ddp_spawn", devices=2, deterministic=False)
-    run.fit(module, DataLoader(TensorDataset(data), batch_size=32, shuffle=False))
+    run = trainer(3, strategy="ddp_spawn", devices=2, deterministic=False, use_distributed_sampler=False)
+    run.fit(module, Interleaved(data, 32))
     assert int(module.tokens_seen) == 3 * 32 * 2
     assert int(module.tokens_since_fired.max()) <= 3 * 32 * 2
-    # DistributedSampler (no shuffle) gives rank 0 rows 0, 2, 4, ... and rank 1 rows 1, 3, 5, ...
     torch.testing.assert_close(module.sae.b_dec.detach(), data[:64].mean(0), rtol=0, atol=1e-5)

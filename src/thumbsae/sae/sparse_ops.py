@@ -27,8 +27,8 @@ from torch import Tensor
 # A selection maps pre-activations [B, F] to (values [B, K], indices [B, K]) of chosen entries.
 Selection = Callable[[Tensor], tuple[Tensor, Tensor]]
 
-# Rows per chunk of the accelerator index_add_, to bound the [rows*K, D] intermediate.
-_CHUNK_ROWS = 4096
+# Elements of the accelerator index_add_'s [rows*K, D] intermediate per chunk (256 MiB in float32).
+_ADD_CHUNK_ELEMENTS = 2**26
 # Pre-activation elements per chunk of a row-wise encoder selection (256 MiB in float32).
 _CHUNK_ELEMENTS = 2**26
 
@@ -63,10 +63,12 @@ def outer_sum_scipy(indices_BK: Tensor, values_BK: Tensor, y_BD: Tensor, n_laten
 
 def outer_sum_index_add(indices_BK: Tensor, values_BK: Tensor, y_BD: Tensor, n_latents: int) -> Tensor:
     """Accelerator `latent_outer_sum`: `index_add_` of value-weighted rows, in row chunks."""
+    B, K = indices_BK.shape
     D = y_BD.shape[1]
     out_FD = y_BD.new_zeros(n_latents, D)
-    for start in range(0, indices_BK.shape[0], _CHUNK_ROWS):
-        stop = start + _CHUNK_ROWS
+    rows = max(1, _ADD_CHUNK_ELEMENTS // (K * D))
+    for start in range(0, B, rows):
+        stop = start + rows
         rows_BKD = values_BK[start:stop, :, None].to(y_BD.dtype) * y_BD[start:stop, None, :]
         out_FD.index_add_(0, indices_BK[start:stop].reshape(-1), rows_BKD.reshape(-1, D))
     return out_FD
@@ -92,8 +94,12 @@ class _SparseEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BD, b_dec_D, W_enc_FD, b_enc_F, select, dead_mask_F, k_aux):  # noqa: D102
         x_in_BD = x_BD - b_dec_D.to(x_BD.dtype)
-        weight_DF = W_enc_FD.to(x_in_BD.dtype).t()
-        bias_F = b_enc_F.to(x_in_BD.dtype)
+        device = x_in_BD.device.type
+        # Under autocast, cast the weights once rather than once per row chunk.
+        mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x_in_BD.dtype
+        weight_DF = W_enc_FD.to(mm_dtype).t()
+        bias_F = b_enc_F.to(mm_dtype)
+        x_mm_BD = x_in_BD.to(mm_dtype)
         B, n = x_in_BD.shape[0], W_enc_FD.shape[0]
         dead_A = dead_mask_F.nonzero().squeeze(1) if dead_mask_F is not None and k_aux > 0 else None
         if dead_A is not None and dead_A.numel() == 0:
@@ -103,7 +109,7 @@ class _SparseEncode(torch.autograd.Function):
         rows = max(1, -(-B // max(n_chunks, 1)))  # even chunks, no tiny trailing one
         parts: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for start in range(0, max(B, 1), rows):
-            pre_RF = torch.addmm(bias_F, x_in_BD[start : start + rows], weight_DF)
+            pre_RF = torch.addmm(bias_F, x_mm_BD[start : start + rows], weight_DF)
             vals, idx = select(pre_RF)
             if dead_A is not None:
                 aux_vals, local = pre_RF.index_select(1, dead_A).topk(min(k_aux, dead_A.numel()), dim=1, sorted=False)
