@@ -29,6 +29,31 @@ def clip_sha256(store) -> str | None:
     return model.get("sha256") if isinstance(model, dict) else store.metadata.get("model_sha256")
 
 
+def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
+    """Zero-shot metrics with the SAE spliced in, on a seeded sample of labelled training images.
+
+    None without a text tower or without `label`s (a manifest column, or folder sub-folders).
+    """
+    if images is None or not clip.has_text or "label" not in images.columns or images["label"].nunique() < 2:
+        return None
+    import torch
+
+    from thumbsae.activations import make_transform
+    from thumbsae.data import load_rgb
+    from thumbsae.sae.splice import SpliceEvaluator
+
+    sample = images.sample(n=min(n_images, len(images)), random_state=int(cfg.seed)).sort_index()
+    classes = sorted(sample["label"].astype(str).unique())
+    transform = make_transform(clip.image_size, clip.mean, clip.std, fit=str(cfg.activations.fit))
+    images_BCHW = torch.stack([transform(load_rgb(p)) for p in sample["image"]])
+    labels_B = torch.tensor([classes.index(str(label)) for label in sample["label"]])
+    prompts = [f"a photo of {label.replace('_', ' ')}" for label in classes]
+    return SpliceEvaluator.from_prompts(
+        clip.model, clip.tokenizer, images_BCHW, labels_B, prompts,
+        layer=int(cfg.activations.layer), tokens=str(cfg.activations.tokens),
+    )
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Path:
     """Extract (or reuse) activations of `data.train`, train the SAE, write `run_dir/sae/`.
 
@@ -44,10 +69,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     ensure_world(cfg)
     ensure_world_clip(cfg)
 
+    from thumbsae.activations import load_clip
+
+    clip = load_clip(**clip_kwargs(cfg.model))
     if cfg.activations.get("store"):
-        store = ActivationStore(Path(cfg.activations.store))
+        store, images = ActivationStore(Path(cfg.activations.store)), None
     else:
-        store, _ = extract_store(cfg, cfg.data.train, kind="images", rejects_path=run_dir / "rejects.csv")
+        store, images = extract_store(cfg, cfg.data.train, kind="images", rejects_path=run_dir / "rejects.csv", clip=clip)
 
     sae_node = OmegaConf.to_container(cfg.sae, resolve=True)
     datamodule = ActivationDataModule(
@@ -61,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     )
     datamodule.setup("fit")
     sae_cfg = sae_config_from_dict({**sae_node, "d_in": store.d, "input_scale": float(datamodule.scale)})
-    module = SAELitModule(sae_cfg)
+    module = SAELitModule(sae_cfg, splice=splice_evaluator(cfg, clip, images))
 
     name = run_name(cfg)
     loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
