@@ -31,3 +31,15 @@ def tiny_world(tmp_path_factory) -> Path:
         out,
     )
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: tiny models gain nothing from more, and a busy machine
+    loses a lot to threads waiting on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

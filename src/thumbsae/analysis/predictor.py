@@ -27,6 +27,7 @@ from sklearn.linear_model import ElasticNet, ElasticNetCV, Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, ShuffleSplit
 
+from thumbsae.analysis.study import to_json_ready
 from thumbsae.analysis.latents import LatentMatrix
 from thumbsae.data.atomic import atomic_dir
 from thumbsae.errors import ThumbsaeError
@@ -185,7 +186,7 @@ class EngagementModel:
                         "residual_lo": float(self.residual_quantiles[0]),
                         "residual_hi": float(self.residual_quantiles[1]),
                     },
-                    "metrics": _jsonable(self.metrics),
+                    "metrics": to_json_ready(self.metrics),
                     "features": saved_info,
                 }
                 (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -208,7 +209,7 @@ class EngagementModel:
             (tmp / EXAMPLES_DIR).mkdir(exist_ok=True)
             image.save(tmp / rel, format="JPEG", quality=85)
             copied.append(rel)
-        out = _jsonable(info)
+        out = to_json_ready(info)
         out["examples"] = copied
         return out
 
@@ -364,21 +365,6 @@ def _folds(n: int, groups: np.ndarray | None, cfg: EngagementConfig, seed: int) 
     return list(cv.split(x_dummy))
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy scalars/arrays and NaN inside dicts and lists -> plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def fit_engagement_model(
     latents_csr: Any,
     log_views_target: Any,
@@ -484,7 +470,7 @@ def fit_engagement_model(
     }
     if baseline_embeddings is not None:
         metrics.update(_baseline(np.asarray(baseline_embeddings, dtype=np.float64), y_N, train, test, folds, g_test))
-    metrics = _jsonable(metrics)
+    metrics = to_json_ready(metrics)
     return replace(model, metrics=metrics), metrics
 
 
