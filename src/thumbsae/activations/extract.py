@@ -185,16 +185,24 @@ def embed_images(
     The same preprocessing and hook as `extract_to_store`, for small sets (`thumbsae rank`).
     """
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
+    parts = _forward_in_batches(
+        clip, images, transform, batch_size, lambda x_BCHW: hooked_activations(clip.model, x_BCHW, layer, tokens)
+    )
+    if not parts:
+        tokens_per_image, d = _probe_shape(clip, transform, layer, tokens)
+        return np.zeros((0, d) if tokens != "all" else (0, tokens_per_image, d), dtype=np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+def _forward_in_batches(clip: LoadedCLIP, images, transform, batch_size: int, forward) -> list[np.ndarray]:
+    """`forward` (normalised pixels [B, 3, H, W] -> tensor) over `images` in batches, as float32 numpy."""
     parts = []
     for start in range(0, len(images), batch_size):
         pixels_BCHW = torch.stack([transform.fit_pixels(im) for im in images[start : start + batch_size]])
         with torch.inference_mode():
             x_BCHW = transform.normalize(pixels_BCHW.to(clip.device))
-            parts.append(hooked_activations(clip.model, x_BCHW, layer, tokens).float().cpu().numpy())
-    if not parts:
-        tokens_per_image, d = _probe_shape(clip, transform, layer, tokens)
-        return np.zeros((0, d) if tokens != "all" else (0, tokens_per_image, d), dtype=np.float32)
-    return np.concatenate(parts, axis=0)
+            parts.append(forward(x_BCHW).float().cpu().numpy())
+    return parts
 
 
 def image_embeddings(
@@ -202,12 +210,9 @@ def image_embeddings(
 ) -> np.ndarray:
     """Final CLIP image embeddings, L2-normalised: float32 `[N, E]` (ridge baseline, zero-shot)."""
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
-    parts = []
-    for start in range(0, len(images), batch_size):
-        pixels_BCHW = torch.stack([transform.fit_pixels(im) for im in images[start : start + batch_size]])
-        with torch.inference_mode():
-            x_BCHW = transform.normalize(pixels_BCHW.to(clip.device))
-            parts.append(clip.model.encode_image(x_BCHW, normalize=True).float().cpu().numpy())
+    parts = _forward_in_batches(
+        clip, images, transform, batch_size, lambda x_BCHW: clip.model.encode_image(x_BCHW, normalize=True)
+    )
     embed_dim = int(getattr(clip.model.visual, "output_dim", 0) or 0)
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, embed_dim), dtype=np.float32)
 
