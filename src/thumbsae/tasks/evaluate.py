@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from thumbsae.data.atomic import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
-from thumbsae.tasks.extract import extract_store
+from thumbsae.tasks.extract import clip_kwargs, extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers, wandb_run
 
 
@@ -66,8 +66,6 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     sae_dir = resolve_sae_dir(cfg)
     sae, sae_config = load_sae(sae_dir)
     cfg = settings_from_sae(cfg, sae_config)
-    from thumbsae.tasks.extract import clip_kwargs
-
     clip = load_clip(**clip_kwargs(cfg.model))
 
     thumb_store, thumbnails = extract_store(
@@ -86,13 +84,11 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     reference = align(reference, ref_latents.video_ids)
 
     result = run_feature_study(thumb_latents.csr, thumbnails, eval_cfg)
-    summary = write_study(result, out_dir)
     feature_groups = result.feature_groups
-
     side_features = [int(f) for f in feature_groups.loc[feature_groups["side"].isin(["high", "low"]), "feature"]]
     names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip)
     feature_groups["name"] = [names.get(int(f), {}).get("name", "") for f in feature_groups["feature"]]
-    write_csv(feature_groups, out_dir / "feature_groups.csv")
+    summary = write_study(result, out_dir)
     summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
 
     recovery = world_recovery(cfg, result, thumb_latents.csr, thumbnails, eval_cfg)
@@ -101,7 +97,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
 
     if cfg.get("engagement_model", True):
-        embeddings = final_embeddings(clip, thumbnails["image"].tolist())
+        embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=str(cfg.activations.fit))
         summary["predictor"] = fit_and_save_engagement_model(
             cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
         )
@@ -130,12 +126,14 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     return summary
 
 
-def final_embeddings(clip, paths: list[str], chunk: int = 256) -> np.ndarray:
+def final_embeddings(clip, paths: list[str], *, fit: str, chunk: int = 256) -> np.ndarray:
     """[N, E] normalised final CLIP image embeddings (the ridge baseline's input), in chunks."""
     from thumbsae.activations import image_embeddings
     from thumbsae.data import load_rgb
 
-    parts = [image_embeddings(clip, [load_rgb(p) for p in paths[i : i + chunk]]) for i in range(0, len(paths), chunk)]
+    parts = [
+        image_embeddings(clip, [load_rgb(p) for p in paths[i : i + chunk]], fit=fit) for i in range(0, len(paths), chunk)
+    ]
     return np.concatenate(parts, axis=0)
 
 
@@ -216,10 +214,3 @@ def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, f
         }
     model.save(model_dir, feature_info=info)
     return metrics
-
-
-def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write a CSV atomically."""
-    atomic_write_text(path, frame.to_csv(index=False))
-
-
