@@ -23,12 +23,6 @@ def run_name(cfg: DictConfig) -> str:
     return f"{s.arch}-x{s.expansion_factor}{k}"
 
 
-def clip_sha256(store) -> str | None:
-    """sha256 of the local CLIP checkpoint the store was extracted with (None for tags/random)."""
-    model = store.metadata.get("model", {})
-    return model.get("sha256") if isinstance(model, dict) else store.metadata.get("model_sha256")
-
-
 def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
     """Zero-shot metrics with the SAE spliced in, on a seeded sample of labelled training images.
 
@@ -111,7 +105,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
     meta = {
-        "clip": {**clip_kwargs(cfg.model), "sha256": clip_sha256(store)},
+        "clip": {**clip_kwargs(cfg.model), "sha256": clip.sha256},
         "hook": {"layer": int(cfg.activations.layer), "tokens": str(cfg.activations.tokens), "fit": str(cfg.activations.fit)},
         "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if cfg.datamodule.normalize else "none"},
         "training": {
