@@ -21,6 +21,8 @@ from thumbsae.activations import (
 )
 from thumbsae.activations.clip import OPENAI_MEAN, OPENAI_STD
 from thumbsae.activations.hooks import vision_blocks
+from thumbsae.activations.pixels import PixelForward
+from thumbsae.activations.preprocess import rgb_tensor
 from thumbsae.errors import ThumbsaeError
 
 # A CLIP small enough that every test here runs in milliseconds: 64 px, 16 px patches -> 17 tokens.
@@ -180,6 +182,61 @@ def test_crop_loses_the_sides_pad_and_squash_keep_them():
     assert pad.abs().amax(0)[112, :].min() > 0.1  # no border along the long side
 
 
+@pytest.mark.parametrize("fit", ["crop", "pad", "squash"])
+@pytest.mark.parametrize("size", [(160, 120), (90, 160), (640, 360), (64, 64)])
+@pytest.mark.parametrize("smooth", [True, False])
+def test_fit_resizes_like_pil_bicubic(fit, size, smooth):
+    """The torch uint8 resize matches PIL's BICUBIC (open_clip's) up- and downscaling: within 1 level
+    on smooth pictures; on pure noise the two kernels' different intermediate rounding shows, up to
+    a few levels on a fraction of pixels."""
+    image = _images(1, size=(size[0] // 8, size[1] // 8) if smooth else size, seed=3)[0]
+    image = image.resize(size, Image.Resampling.BILINEAR) if smooth else image
+    ours = make_transform(64, OPENAI_MEAN, OPENAI_STD, fit).fit_pixels(image)
+    h, w = size[1], size[0]
+    if fit == "squash":
+        reference = image.resize((64, 64), Image.Resampling.BICUBIC)
+    elif fit == "crop":
+        scale = max(64 / w, 64 / h)
+        new_w, new_h = max(64, round(w * scale)), max(64, round(h * scale))
+        left, top = (new_w - 64) // 2, (new_h - 64) // 2
+        reference = image.resize((new_w, new_h), Image.Resampling.BICUBIC).crop((left, top, left + 64, top + 64))
+    else:
+        scale = min(64 / w, 64 / h)
+        new_w, new_h = min(64, round(w * scale)), min(64, round(h * scale))
+        reference = Image.new("RGB", (64, 64), tuple(round(255 * m) for m in OPENAI_MEAN))
+        reference.paste(image.resize((new_w, new_h), Image.Resampling.BICUBIC), ((64 - new_w) // 2, (64 - new_h) // 2))
+    difference = (ours.to(torch.int16) - torch.from_numpy(np.array(reference)).permute(2, 0, 1).to(torch.int16)).abs()
+    assert ours.dtype == torch.uint8 and ours.shape == (3, 64, 64)
+    if smooth:
+        assert int(difference.max()) <= 1
+    else:
+        assert int(difference.max()) <= 4 and float(difference.float().mean()) < 0.5
+
+
+@pytest.mark.parametrize("fit", ["crop", "pad", "squash"])
+def test_batched_fit_equals_one_image_at_a_time(fit):
+    transform = make_transform(64, OPENAI_MEAN, OPENAI_STD, fit)
+    images = _images(3, size=(80, 60), seed=1) + _images(2, size=(50, 90), seed=2) + _images(1, size=(64, 64))
+    mixed = [images[i] for i in (0, 3, 1, 5, 4, 2)]  # sizes interleaved
+    batch_BCHW = transform.fit_batch([rgb_tensor(im) for im in mixed])
+    assert batch_BCHW.shape == (6, 3, 64, 64) and batch_BCHW.dtype == torch.uint8
+    for got, image in zip(batch_BCHW, mixed):
+        assert torch.equal(got, transform.fit_pixels(image))
+
+
+@pytest.mark.parametrize("tokens", ["cls", "mean", "all"])
+def test_pixel_forward_folds_the_normalisation_into_the_patch_embedding(micro, tokens):
+    transform = make_transform(64, micro.mean, micro.std, "pad")
+    pixels_BCHW = torch.stack([transform.fit_pixels(im) for im in _images(3)])
+    forward = PixelForward(micro.model, transform, -2, tokens)
+    assert forward.folded and forward.visual.conv1 is not micro.model.visual.conv1
+    with torch.inference_mode():
+        expected = hooked_activations(micro.model, transform.normalize(pixels_BCHW), -2, tokens)
+        got = forward(pixels_BCHW)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert isinstance(micro.model.visual.conv1, torch.nn.Conv2d)  # the model itself is untouched
+
+
 def test_unknown_fit_is_rejected():
     with pytest.raises(ValueError, match="crop, pad, squash"):
         make_transform(64, OPENAI_MEAN, OPENAI_STD, "stretch")
@@ -254,6 +311,14 @@ def test_timm_backed_tower_is_hooked_too():
         cls_BD = hooked_activations(clip.model, x_BCHW, -2, "cls")
     torch.testing.assert_close(all_BTD, reference_BTD, rtol=0, atol=0)
     torch.testing.assert_close(cls_BD, reference_BTD[:, 0], rtol=0, atol=0)
+    # no patch convolution to fold: PixelForward normalises first, exactly like the plain path
+    transform = make_transform(224, clip.mean, clip.std, "pad")
+    pixels_BCHW = torch.randint(0, 256, (2, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    forward = PixelForward(clip.model, transform, -2, "all")
+    assert not forward.folded
+    with torch.inference_mode():
+        expected = hooked_activations(clip.model, transform.normalize(pixels_BCHW), -2, "all")
+        torch.testing.assert_close(forward(pixels_BCHW), expected, rtol=0, atol=0)
 
 
 # ---- small in-memory sets -------------------------------------------------------------------

@@ -416,3 +416,18 @@ def test_the_synthetic_world_loads_without_rejects(tiny_world, tmp_path):
     reference = load_image_set(tiny_world / "reference.csv", kind="reference", strict=True)
     assert reference["label"].str.len().gt(0).all()
     assert all(Path(p).is_file() for p in reference["image"])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone JPEG stored landscape with EXIF orientation 6 (rotate 90 degrees clockwise) loads upright."""
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:, :10] = (255, 0, 0)  # red band on the stored image's left edge
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    image.save(path, quality=95, exif=exif.tobytes())
+    upright = np.asarray(load_rgb(path))
+    assert upright.shape == (60, 40, 3)  # width and height swapped
+    assert upright[:8, :, 0].mean() > 200 and upright[-8:, :, 0].mean() < 60  # the left edge is now the top
+

@@ -13,6 +13,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm.auto import tqdm
 
 from thumbsae.activations.clip import LoadedCLIP
 from thumbsae.activations.hooks import TOKEN_MODES, Tokens, hooked_activations, resolve_layer, vision_blocks
-from thumbsae.activations.preprocess import DEFAULT_FIT, FITS, Fit, ImageTransform, make_transform
+from thumbsae.activations.pixels import PixelForward
+from thumbsae.activations.preprocess import DEFAULT_FIT, FITS, Fit, ImageTransform, make_transform, rgb_tensor
 from thumbsae.activations.store import (
     DTYPES,
     FORMAT_VERSION,
@@ -43,33 +45,51 @@ from thumbsae.data import ImageDecodeError, Reject, load_rgb, write_rejects
 from thumbsae.errors import ThumbsaeError
 
 DEFAULT_SHARD_ROWS = 16384
+# How images are resized (recorded in the store, so a change of method is a change of content).
+RESIZE = "bicubic, antialiased (torch uint8 kernel)"
 
 
 @dataclass(frozen=True)
 class _DecodedImages(Dataset):
-    """Image i of `paths` -> `(i, uint8 pixels [3, H, W] or None, reject reason or None)`; runs in workers."""
+    """Image i of `paths` -> `(i, uint8 RGB pixels [h, w, 3] or None, reject reason or None)`.
+
+    Fetched a batch at a time: in DataLoader worker processes one image after another, in the main
+    process (`num_workers=0`) on `threads` threads (decoding releases the GIL), so that decoding
+    uses every core between two forward passes instead of competing with them.
+    """
 
     paths: tuple[str, ...]
-    transform: ImageTransform
+    threads: int = 1
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return i, self.transform.fit_pixels(load_rgb(self.paths[i])), None
+            return i, rgb_tensor(load_rgb(self.paths[i])), None
         except ImageDecodeError as exc:
             return i, None, exc.reason
-        except Exception as exc:  # a decoder or resize bug in one file must not stop extraction
+        except Exception as exc:  # a decoder bug on one file must not stop extraction
             return i, None, f"unusable image: {' '.join(str(exc).split())[:200]}"
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, torch.Tensor | None, str | None]]:
+        if self.threads <= 1 or len(indices) < 2 or get_worker_info() is not None:
+            return [self[i] for i in indices]
+        with ThreadPoolExecutor(min(self.threads, len(indices))) as pool:
+            return list(pool.map(self.__getitem__, indices))
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None, list]:
-    """Stack a batch's decodable images: `(kept indices, uint8 pixels_BCHW or None, [(index, reason)])`."""
-    kept = [i for i, x, _ in items if x is not None]
-    pixels_BCHW = torch.stack([x for _, x, _ in items if x is not None]) if kept else None
-    rejects = [(i, reason) for i, x, reason in items if x is None]
-    return kept, pixels_BCHW, rejects
+
+@dataclass(frozen=True)
+class _FitBatch:
+    """DataLoader collate: decoded images -> `(kept indices, fitted uint8 [B, 3, H, W] or None, [(index, reason)])`."""
+
+    transform: ImageTransform
+
+    def __call__(self, items: list[tuple[int, torch.Tensor | None, str | None]]):
+        kept = [i for i, x, _ in items if x is not None]
+        pixels_BCHW = self.transform.fit_batch([x for _, x, _ in items if x is not None]) if kept else None
+        rejects = [(i, reason) for i, x, reason in items if x is None]
+        return kept, pixels_BCHW, rejects
 
 
 def extract_to_store(
@@ -83,7 +103,7 @@ def extract_to_store(
     dtype: str = "float16",
     shard_rows: int = DEFAULT_SHARD_ROWS,
     batch_size: int = 64,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     rejects_path: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> ActivationStore:
@@ -94,8 +114,15 @@ def extract_to_store(
     `images_df`, `video_id`, `image`, `reason`), written to `rejects_path` when given; they get no
     rows. A finished store with the same content hash (image bytes + settings) is reused as is; an
     interrupted one is resumed, recomputing only unfinished shards. Returns the opened store.
+
+    `num_workers`: DataLoader worker processes decoding ahead of the forward pass (on a GPU); 0
+    decodes each batch on this process's torch threads between forward passes, which is fastest
+    when the forward runs on the same CPU cores (worker processes would compete with it). None
+    picks 0 for a model on the CPU and min(8, CPUs) otherwise.
     """
     _check_settings(images_df, tokens, fit, dtype, shard_rows, batch_size)
+    if num_workers is None:
+        num_workers = 0 if torch.device(clip.device).type == "cpu" else min(8, os.cpu_count() or 1)
     out_dir = Path(out_dir)
     video_ids = [str(v) for v in images_df["video_id"]]
     paths = tuple(str(p) for p in images_df["image"])
@@ -121,7 +148,8 @@ def extract_to_store(
     with tqdm(
         total=len(paths), initial=done_images, unit="img", desc=f"extract {out_dir.name}", disable=not progress
     ) as bar:
-        job = _ShardJob(clip, transform, layer, tokens, dtype, settings["d"], out_dir, content_hash)
+        forward = PixelForward(clip.model, transform, layer, tokens)
+        job = _ShardJob(clip, transform, forward, dtype, settings["d"], out_dir, content_hash)
         _extract_shards(job, pending, shard_inputs, paths, batch_size=batch_size, num_workers=num_workers, bar=bar)
 
     metadata = _finish(out_dir, n_shards, shard_inputs, content_hash, settings, video_ids)
@@ -166,6 +194,7 @@ def _settings(
             "mean": list(clip.mean),
             "std": list(clip.std),
             "image_size": clip.to_config()["image_size"],
+            "resize": RESIZE,
         },
     }
     return settings, transform
@@ -185,23 +214,20 @@ def embed_images(
     The same preprocessing and hook as `extract_to_store`, for small sets (`thumbsae rank`).
     """
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
-    parts = _forward_in_batches(
-        clip, images, transform, batch_size, lambda x_BCHW: hooked_activations(clip.model, x_BCHW, layer, tokens)
-    )
+    parts = _forward_in_batches(images, transform, batch_size, PixelForward(clip.model, transform, layer, tokens), clip.device)
     if not parts:
         tokens_per_image, d = _probe_shape(clip, transform, layer, tokens)
         return np.zeros((0, d) if tokens != "all" else (0, tokens_per_image, d), dtype=np.float32)
     return np.concatenate(parts, axis=0)
 
 
-def _forward_in_batches(clip: LoadedCLIP, images, transform, batch_size: int, forward) -> list[np.ndarray]:
-    """`forward` (normalised pixels [B, 3, H, W] -> tensor) over `images` in batches, as float32 numpy."""
+def _forward_in_batches(images, transform, batch_size: int, forward, device) -> list[np.ndarray]:
+    """`forward` (uint8 pixels [B, 3, H, W] -> tensor) over `images` in batches, as float32 numpy."""
     parts = []
     for start in range(0, len(images), batch_size):
-        pixels_BCHW = torch.stack([transform.fit_pixels(im) for im in images[start : start + batch_size]])
+        pixels_BCHW = transform.fit_batch([rgb_tensor(im) for im in images[start : start + batch_size]])
         with torch.inference_mode():
-            x_BCHW = transform.normalize(pixels_BCHW.to(clip.device))
-            parts.append(forward(x_BCHW).float().cpu().numpy())
+            parts.append(forward(pixels_BCHW.to(device)).float().cpu().numpy())
     return parts
 
 
@@ -211,7 +237,8 @@ def image_embeddings(
     """Final CLIP image embeddings, L2-normalised: float32 `[N, E]` (ridge baseline, zero-shot)."""
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
     parts = _forward_in_batches(
-        clip, images, transform, batch_size, lambda x_BCHW: clip.model.encode_image(x_BCHW, normalize=True)
+        images, transform, batch_size, lambda pixels: clip.model.encode_image(transform.normalize(pixels), normalize=True),
+        clip.device,
     )
     embed_dim = int(getattr(clip.model.visual, "output_dim", 0) or 0)
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, embed_dim), dtype=np.float32)
@@ -312,8 +339,7 @@ class _ShardJob:
 
     clip: LoadedCLIP
     transform: ImageTransform
-    layer: int
-    tokens: str
+    forward: PixelForward
     dtype: str
     d: int
     out_dir: Path
@@ -341,9 +367,9 @@ def _extract_shards(
     if not batches:
         return
     loader = DataLoader(
-        _DecodedImages(paths, job.transform),
+        _DecodedImages(paths, threads=torch.get_num_threads() if num_workers == 0 else 1),
         batch_sampler=batches,
-        collate_fn=_collate,
+        collate_fn=_FitBatch(job.transform),
         num_workers=num_workers,
     )
     acts: list[np.ndarray] = []
@@ -352,8 +378,7 @@ def _extract_shards(
     for n, (shard, (batch_kept, pixels_BCHW, batch_rejects)) in enumerate(zip(batch_shard, loader)):
         if pixels_BCHW is not None:
             with torch.inference_mode():
-                x_BCHW = job.transform.normalize(pixels_BCHW.to(job.clip.device))
-                out = hooked_activations(job.clip.model, x_BCHW, job.layer, job.tokens)
+                out = job.forward(pixels_BCHW.to(job.clip.device))
             acts.append(to_storage(out.reshape(-1, out.shape[-1]), job.dtype))
             kept.extend(batch_kept)
         rejects.extend(batch_rejects)

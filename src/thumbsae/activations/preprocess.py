@@ -8,6 +8,7 @@ motifs near the edges recognisable; the winner is `DEFAULT_FIT`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,9 +28,10 @@ DEFAULT_FIT: Fit = "pad"
 class ImageTransform:
     """PIL image (any mode, any size) -> normalised float32 tensor `[3, H, W]`.
 
-    Split in two so that DataLoader workers send compact uint8 pixels (`fit_pixels`) and the main
-    process normalises whole batches (`normalize`); `__call__` does both, with identical results.
-    A picklable callable, so DataLoader workers can run it.
+    Split in two so that DataLoader workers send compact uint8 pixels (`fit_pixels`, `fit_batch`) and the main
+    process normalises whole batches (`normalize`, or folded into the patch embedding by
+    `thumbsae.activations.pixels.PixelForward`); `__call__` does both. A picklable callable, so
+    DataLoader workers can run it.
     """
 
     size_hw: tuple[int, int]
@@ -42,16 +44,29 @@ class ImageTransform:
 
     def fit_pixels(self, image: Image.Image) -> torch.Tensor:
         """The fitted image as uint8 `[3, H, W]`."""
-        image = image.convert("RGB") if image.mode != "RGB" else image
-        fitted = fit_image(image, self.size_hw, self.fit, fill=_mean_rgb(self.mean))
-        return torch.from_numpy(np.asarray(fitted, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return self.fit_batch([rgb_tensor(image)])[0]
+
+    def fit_batch(self, images_HWC: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Fitted uint8 `[B, 3, H, W]` of uint8 RGB images `[h_i, w_i, 3]` (see `rgb_tensor`)."""
+        return fit_batch(images_HWC, self.size_hw, self.fit, fill=_mean_rgb(self.mean))
 
     def normalize(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
-        """uint8 `[B, 3, H, W]` -> float32 `(pixels / 255 - mean) / std`, as one multiply-add."""
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        scale = (1.0 / (255.0 * std)).to(pixels_BCHW.device)
-        shift = (-torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1) / std).to(pixels_BCHW.device)
-        return torch.addcmul(shift, pixels_BCHW.to(torch.float32), scale)
+        """uint8 `[B, 3, H, W]` -> float32 `(pixels / 255 - mean) / std`: one conversion, then one
+        in-place multiply-add."""
+        scale_C, shift_C = pixel_affine(self.mean, self.std)
+        x_BCHW = pixels_BCHW.to(torch.float32)
+        return x_BCHW.mul_(scale_C.to(x_BCHW.device).view(1, 3, 1, 1)).add_(shift_C.to(x_BCHW.device).view(1, 3, 1, 1))
+
+
+def rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image's pixels as an RGB uint8 tensor `[H, W, 3]`."""
+    return torch.from_numpy(np.array(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.uint8))
+
+
+def pixel_affine(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel `(scale_C, shift_C)` with `normalised = pixel_uint8 * scale + shift` (float32)."""
+    std_C = torch.tensor(std, dtype=torch.float32)
+    return 1.0 / (255.0 * std_C), -torch.tensor(mean, dtype=torch.float32) / std_C
 
 
 def make_transform(
@@ -72,26 +87,45 @@ def make_transform(
     return ImageTransform(size_hw, tuple(map(float, mean)), tuple(map(float, std)), fit)
 
 
-def fit_image(
-    image: Image.Image, size_hw: tuple[int, int], fit: Fit, *, fill: tuple[int, int, int] = (0, 0, 0)
-) -> Image.Image:
-    """Resize an RGB `image` to exactly `size_hw` (H, W) by `fit`; `fill` colours the pad borders."""
+def fit_batch(
+    images_HWC: Sequence[torch.Tensor], size_hw: tuple[int, int], fit: Fit, *, fill: tuple[int, int, int] = (0, 0, 0)
+) -> torch.Tensor:
+    """Resize uint8 RGB images `[h_i, w_i, 3]` to exactly `size_hw` (H, W) by `fit`: uint8 `[B, 3, H, W]`.
+
+    The resize is bicubic with antialiasing (torch's uint8 kernel, built to match PIL's BICUBIC,
+    which open_clip's preprocessing uses: within 1 level on natural images), at 2-5x PIL's speed.
+    Images of the same size are resized in one call; each image's result does not depend on the
+    others. `fill` colours the pad borders.
+    """
     h, w = size_hw
-    src_w, src_h = image.size
-    if fit == "squash":
-        return image.resize((w, h), Image.Resampling.BICUBIC)
-    if fit == "crop":
-        scale = max(w / src_w, h / src_h)
-        new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
-        resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - w) // 2, (new_h - h) // 2
-        return resized.crop((left, top, left + w, top + h))
-    scale = min(w / src_w, h / src_h)
-    new_w, new_h = min(w, max(1, round(src_w * scale))), min(h, max(1, round(src_h * scale)))
-    resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-    canvas = Image.new("RGB", (w, h), fill)
-    canvas.paste(resized, ((w - new_w) // 2, (h - new_h) // 2))
-    return canvas
+    out_BCHW = torch.tensor(fill, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images_HWC), 1, h, w)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images_HWC):
+        by_size.setdefault((int(image.shape[0]), int(image.shape[1])), []).append(i)
+    for (src_h, src_w), rows in by_size.items():
+        # Channels-last [G, 3, h, w] view: the layout of the fast uint8 kernel.
+        group_GCHW = torch.stack([images_HWC[i] for i in rows]).permute(0, 3, 1, 2)
+        if fit == "squash":
+            out_BCHW.index_copy_(0, torch.tensor(rows), _resize(group_GCHW, h, w))
+        elif fit == "crop":
+            scale = max(w / src_w, h / src_h)
+            new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+            left, top = (new_w - w) // 2, (new_h - h) // 2
+            out_BCHW.index_copy_(0, torch.tensor(rows), _resize(group_GCHW, new_h, new_w)[:, :, top : top + h, left : left + w])
+        else:
+            scale = min(w / src_w, h / src_h)
+            new_w, new_h = min(w, max(1, round(src_w * scale))), min(h, max(1, round(src_h * scale)))
+            top, left = (h - new_h) // 2, (w - new_w) // 2
+            window_BCHW = out_BCHW.narrow(2, top, new_h).narrow(3, left, new_w)
+            window_BCHW.index_copy_(0, torch.tensor(rows), _resize(group_GCHW, new_h, new_w))
+    return out_BCHW
+
+
+def _resize(pixels_GCHW: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Bicubic, antialiased resize of uint8 `[G, 3, h0, w0]` to `[G, 3, h, w]` (a no-op at the same size)."""
+    if tuple(pixels_GCHW.shape[2:]) == (h, w):
+        return pixels_GCHW
+    return torch.nn.functional.interpolate(pixels_GCHW, size=(h, w), mode="bicubic", antialias=True)
 
 
 def _mean_rgb(mean: tuple[float, float, float]) -> tuple[int, int, int]:

@@ -89,7 +89,7 @@ def decode_image_bytes(
     image_format = image.format or ""
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # no copy when there is nothing to rotate
     except Exception as err:  # any decoder failure means the pixels cannot be trusted
         raise ImageDecodeError(name, _classify(err)) from None
     return _to_rgb(image, name), image_format

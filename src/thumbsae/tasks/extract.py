@@ -60,7 +60,7 @@ def extract_store(
         dtype=str(a.dtype),
         shard_rows=int(a.shard_rows),
         batch_size=int(a.batch_size),
-        num_workers=int(a.num_workers),
+        num_workers=None if a.num_workers is None else int(a.num_workers),
         # Images were decoded once during validation; a file that changes in between lands here.
         rejects_path=rejects_path.with_name(rejects_path.stem + "_extract.csv"),
     )
