@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from killing import KillAt
 from thumbsae.activations import ActivationDataModule, store_from_array
 from thumbsae.errors import ThumbsaeError
 
@@ -125,17 +126,6 @@ def test_a_mid_epoch_state_needs_the_same_stream(stores):
 
 
 # ---- under Lightning ----------------------------------------------------------------------------
-
-
-class KillAt(pl.Callback):
-    """Stands for a killed process: raises when training reaches `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt("killed")
 
 
 def fit(dm: ActivationDataModule, steps: int, callbacks=(), **kw):

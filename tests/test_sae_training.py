@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from killing import KillAt
 from thumbsae.sae import SAEConfig, SAELitModule, study_relu_config
 from thumbsae.sae.lightning import density_summary, max_decoder_cosine
 
@@ -127,17 +128,6 @@ def test_same_seed_gives_identical_weights():
         runs.append({k: v.clone() for k, v in module.state_dict().items()})
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not torch.equal(runs[0]["sae.W_enc"], runs[2]["sae.W_enc"])
-
-
-class KillAt(pl.Callback):
-    """Stands for a killed process: raises when training reaches `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise KeyboardInterrupt("killed")
 
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])

@@ -106,19 +106,28 @@ def fit_batch(
         # Channels-last [G, 3, h, w] view: the layout of the fast uint8 kernel.
         group_GCHW = torch.stack([images_HWC[i] for i in rows]).permute(0, 3, 1, 2)
         if fit == "squash":
-            out_BCHW.index_copy_(0, torch.tensor(rows), _resize(group_GCHW, h, w))
+            _place(out_BCHW, rows, 0, 0, _resize(group_GCHW, h, w))
         elif fit == "crop":
             scale = max(w / src_w, h / src_h)
             new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
             left, top = (new_w - w) // 2, (new_h - h) // 2
-            out_BCHW.index_copy_(0, torch.tensor(rows), _resize(group_GCHW, new_h, new_w)[:, :, top : top + h, left : left + w])
+            _place(out_BCHW, rows, 0, 0, _resize(group_GCHW, new_h, new_w)[:, :, top : top + h, left : left + w])
         else:
             scale = min(w / src_w, h / src_h)
             new_w, new_h = min(w, max(1, round(src_w * scale))), min(h, max(1, round(src_h * scale)))
-            top, left = (h - new_h) // 2, (w - new_w) // 2
-            window_BCHW = out_BCHW.narrow(2, top, new_h).narrow(3, left, new_w)
-            window_BCHW.index_copy_(0, torch.tensor(rows), _resize(group_GCHW, new_h, new_w))
+            _place(out_BCHW, rows, (h - new_h) // 2, (w - new_w) // 2, _resize(group_GCHW, new_h, new_w))
     return out_BCHW
+
+
+def _place(out_BCHW: torch.Tensor, rows: list[int], top: int, left: int, pixels_GCHW: torch.Tensor) -> None:
+    """Copy image g of `pixels_GCHW` into `out_BCHW[rows[g]]` at (top, left): one strided copy when
+    `rows` is the whole batch in order (the common case), else one copy per image."""
+    _, _, gh, gw = pixels_GCHW.shape
+    if rows == list(range(len(out_BCHW))):
+        out_BCHW[:, :, top : top + gh, left : left + gw].copy_(pixels_GCHW)
+        return
+    for g, i in enumerate(rows):
+        out_BCHW[i, :, top : top + gh, left : left + gw].copy_(pixels_GCHW[g])
 
 
 def _resize(pixels_GCHW: torch.Tensor, h: int, w: int) -> torch.Tensor:
