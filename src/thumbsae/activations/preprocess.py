@@ -54,7 +54,7 @@ class ImageTransform:
         """uint8 `[B, 3, H, W]` -> float32 `(pixels / 255 - mean) / std`: one conversion, then one
         in-place multiply-add."""
         scale_C, shift_C = pixel_affine(self.mean, self.std)
-        x_BCHW = pixels_BCHW.to(torch.float32)
+        x_BCHW = pixels_BCHW.to(torch.float32, copy=True)  # a new tensor even for float input: scaled in place
         return x_BCHW.mul_(scale_C.to(x_BCHW.device).view(1, 3, 1, 1)).add_(shift_C.to(x_BCHW.device).view(1, 3, 1, 1))
 
 
