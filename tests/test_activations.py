@@ -237,6 +237,88 @@ def test_pixel_forward_folds_the_normalisation_into_the_patch_embedding(micro, t
     assert isinstance(micro.model.visual.conv1, torch.nn.Conv2d)  # the model itself is untouched
 
 
+@pytest.mark.parametrize("fit", ["crop", "pad", "squash"])
+def test_fit_batch_writes_into_a_given_tensor_of_either_layout(fit):
+    transform = make_transform(64, OPENAI_MEAN, OPENAI_STD, fit)
+    images_HWC = [rgb_tensor(im) for im in _images(2, size=(80, 60)) + _images(1, size=(50, 90), seed=2)]
+    expected = transform.fit_batch(images_HWC)
+    assert expected.stride(1) == 1  # channels-last by default: the resize kernel's layout
+    shared_BHWC = torch.zeros(5, 64, 64, 3, dtype=torch.uint8)  # like the lockstep batch buffer, written at slots 1..3
+    for out in (shared_BHWC[1:4].permute(0, 3, 1, 2), torch.zeros(3, 3, 64, 64, dtype=torch.uint8)):
+        assert transform.fit_batch(images_HWC, out=out) is out
+        assert torch.equal(out, expected)
+    assert shared_BHWC[0].eq(0).all() and shared_BHWC[4].eq(0).all()  # nothing written outside the slots
+    with pytest.raises(ValueError, match=r"out must be uint8 \[3, 3, 64, 64\]"):
+        transform.fit_batch(images_HWC, out=torch.zeros(2, 3, 64, 64, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("size", [(80, 60), (64, 36), (36, 64), (20, 12), (64, 64)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_patch_embedding_skips_the_pad_borders_exactly(micro, size, channels_last):
+    """Letterbox (4:3, 16:9, a 1.7 px high patch row of content), pillarbox (9:16), none: embedding
+    only what lies inside the borders, plus a constant for them, gives the full embedding's values."""
+    transform = make_transform(64, micro.mean, micro.std, "pad")
+    images_HWC = [rgb_tensor(im) for im in _images(4, size=size, seed=5)]
+    pixels_BCHW = transform.fit_batch(images_HWC)
+    if not channels_last:
+        pixels_BCHW = pixels_BCHW.contiguous()
+    margins = transform.pad_margins([tuple(x.shape[:2]) for x in images_HWC])
+    w, h = size
+    assert (margins[0] + margins[1] > 0) == (w > h) and (margins[2] + margins[3] > 0) == (h > w)
+    forward = PixelForward(micro.model, transform, -2, "all")
+    with torch.inference_mode():
+        expected = forward(pixels_BCHW)
+        got = forward(pixels_BCHW, margins)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    patch = forward.embed.patch
+    partial = [key for key in forward.embed._parts if key[1:5] != (0, patch[0], 0, patch[1])]
+    assert bool(partial) == any(margins)  # the borders were really left out of the product
+    if any(margins):
+        # and the border pixels really are not read: painting them changes nothing ...
+        painted = pixels_BCHW.clone()
+        top, bottom, left, right = margins
+        painted[:, :, :top] = 7
+        painted[:, :, 64 - bottom :] = 7
+        painted[:, :, :, :left] = 7
+        painted[:, :, :, 64 - right :] = 7
+        with torch.inference_mode():
+            assert torch.equal(forward(painted, margins), got)
+            # ... while a plain forward sees the paint
+            assert not torch.allclose(forward(painted), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("margins", [(3, 5, 17, 2), (16, 16, 0, 40), (0, 0, 33, 31), (20, 37, 20, 37)])
+def test_patch_embedding_with_borders_on_any_sides(micro, margins):
+    """Any border widths, whole and partial patches, rows and columns at once (mixed batches)."""
+    transform = make_transform(64, micro.mean, micro.std, "pad")
+    pixels_BCHW = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    top, bottom, left, right = margins
+    fill = torch.tensor(transform.fill_rgb, dtype=torch.uint8).view(1, 3, 1, 1)
+    for rows, cols in ((slice(0, top), slice(None)), (slice(64 - bottom, 64), slice(None)),
+                       (slice(None), slice(0, left)), (slice(None), slice(64 - right, 64))):
+        pixels_BCHW[:, :, rows, cols] = fill
+    forward = PixelForward(micro.model, transform, -2, "all")
+    with torch.inference_mode():
+        torch.testing.assert_close(forward(pixels_BCHW, margins), forward(pixels_BCHW), rtol=1e-5, atol=1e-5)
+
+
+def test_pad_margins_are_those_every_image_of_the_batch_has():
+    transform = make_transform(64, OPENAI_MEAN, OPENAI_STD, "pad")
+    assert transform.pad_margins([(60, 80)]) == (8, 8, 0, 0)
+    assert transform.pad_margins([(90, 50)]) == (0, 0, 14, 14)
+    assert transform.pad_margins([(60, 80), (36, 64)]) == (8, 8, 0, 0)
+    assert transform.pad_margins([(60, 80), (90, 50)]) == (0, 0, 0, 0)
+    assert transform.pad_margins([]) == (0, 0, 0, 0)
+    assert make_transform(64, OPENAI_MEAN, OPENAI_STD, "crop").pad_margins([(60, 80)]) == (0, 0, 0, 0)
+    assert make_transform(64, OPENAI_MEAN, OPENAI_STD, "squash").pad_margins([(60, 80)]) == (0, 0, 0, 0)
+    # the margins agree with the pixels: the border rows are the fill colour, the next row is not
+    image = _images(1, size=(80, 60), seed=9)[0]
+    pixels_CHW = transform.fit_pixels(image)
+    fill = torch.tensor(transform.fill_rgb, dtype=torch.uint8).view(3, 1, 1)
+    assert pixels_CHW[:, :8].eq(fill).all() and pixels_CHW[:, 56:].eq(fill).all()
+    assert not pixels_CHW[:, 8].eq(fill).all() and not pixels_CHW[:, 55].eq(fill).all()
+
+
 def test_unknown_fit_is_rejected():
     with pytest.raises(ValueError, match="crop, pad, squash"):
         make_transform(64, OPENAI_MEAN, OPENAI_STD, "stretch")

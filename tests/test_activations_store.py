@@ -130,6 +130,33 @@ def test_bad_images_become_rejects_not_crashes(micro, image_table, tmp_path):
     np.testing.assert_allclose(store.read(), clean.read(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")  # more workers than cores, on purpose
+@pytest.mark.parametrize("tokens", ["all", "cls"])
+def test_lockstep_workers_write_the_same_bytes_as_decoding_in_process(micro, image_table, tmp_path, tokens):
+    """Worker processes decoding in lockstep (the CPU default) fill the shared batch with the same
+    pixels as decoding here: mixed sizes, rejects leaving holes in batches, uneven parts."""
+    inline = _extract(image_table, micro, tmp_path / "inline", tokens=tokens, batch_size=5, shard_rows=40,
+                      num_workers=0)
+    for workers in (2, 3):
+        out = tmp_path / f"lockstep{workers}"
+        store = _extract(image_table, micro, out, tokens=tokens, batch_size=5, shard_rows=40, num_workers=workers,
+                         rejects_path=tmp_path / f"rejects{workers}.csv")
+        assert _bytes_of(out) == _bytes_of(inline.path)
+        assert pd.read_csv(tmp_path / f"rejects{workers}.csv")["row"].tolist() == [4, 11, 17]
+        assert store.n_images == N_IMAGES - 3
+
+
+def test_default_workers_follow_the_device_and_thread_count(monkeypatch):
+    resolve = extract_module.resolve_num_workers
+    assert resolve(None, "cpu") == 0  # this test module runs torch on one thread: decode in process
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert resolve(None, "cpu") == 4  # one lockstep worker per core the forward pass uses
+    assert resolve(None, "cuda") == min(8, os.cpu_count() or 1)
+    assert resolve(3, "cpu") == 3 and resolve(0, "cuda") == 0
+    with pytest.raises(ThumbsaeError, match="num_workers=-1"):
+        resolve(-1, "cpu")
+
+
 def test_same_inputs_reuse_the_store_without_recomputing(micro, image_table, tmp_path, monkeypatch):
     out = tmp_path / "store"
     first = _extract(image_table, micro, out)
@@ -205,12 +232,26 @@ def slow(*a, **k):
     return real(*a, **k)
 ex.PixelForward.__call__ = slow
 extract_to_store(table, clip, layer=-2, tokens="all", fit="pad", out_dir=sys.argv[2], dtype="float16",
-                 shard_rows=20, batch_size=1, num_workers=0, progress=False)
+                 shard_rows=20, batch_size=1, num_workers=int(sys.argv[3]), progress=False)
 """
 
 
+def _children(pid: int) -> set[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
 @pytest.mark.slow  # a fresh interpreter imports torch and open_clip: ~10 s alone, far more on a busy machine
-def test_kill_9_then_rerun_gives_identical_bytes(micro, image_table, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_9_then_rerun_gives_identical_bytes(micro, image_table, tmp_path, workers):
     good = _good(image_table)
     good.to_csv(tmp_path / "images.csv", index=False)
     reference = _extract(good, micro, tmp_path / "reference", tokens="all", dtype="float16", shard_rows=20,
@@ -219,17 +260,35 @@ def test_kill_9_then_rerun_gives_identical_bytes(micro, image_table, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT.format(name=MICRO_NAME, micro=MICRO))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "images.csv"), str(out)], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "images.csv"), str(out), str(workers)], env=env
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(out.glob("shard_*.json"))) < 2 and proc.poll() is None:
         time.sleep(0.02)
+    decoders = _children(proc.pid) if sys.platform == "linux" else set()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    if sys.platform == "linux":
+        assert len(decoders) == workers
+        # orphaned lockstep workers notice that the main process is gone and exit
+        deadline = time.monotonic() + 20
+        while decoders and time.monotonic() < deadline:
+            decoders = {pid for pid in decoders if Path(f"/proc/{pid}").exists() and not _zombie(pid)}
+            time.sleep(0.1)
+        assert not decoders, f"worker processes {sorted(decoders)} outlived the killed extraction"
     assert not (out / "metadata.json").exists()
     store = _extract(good, micro, out, tokens="all", dtype="float16", shard_rows=20, batch_size=1)
     assert _bytes_of(out) == _bytes_of(reference.path)
     assert store.n == reference.n
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def test_bad_settings_are_one_line_errors(micro, image_table, tmp_path):

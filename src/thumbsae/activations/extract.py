@@ -4,17 +4,27 @@ DataLoader workers decode and fit the images; the main process runs the truncate
 under `torch.inference_mode` one shard-aligned batch at a time, so a shard's bytes never depend on
 where an earlier run stopped. Each finished shard is renamed into place with a small record
 (`shard_XXXXX.json`) of which images it holds; `metadata.json` is written last.
+
+Where the forward pass runs decides how the workers run. On a GPU they decode ahead, as usual. On
+the CPU the forward pass already keeps every core busy, and workers decoding at the same time
+would only slow it down, so they work in lockstep with it: each batch is cut into one part per
+worker, a worker starts on its part only when the main process opens its gate (between two forward
+passes), and writes the fitted pixels straight into a shared-memory batch buffer. Decoding then
+uses every core without the GIL, and never overlaps the forward pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -80,16 +90,98 @@ class _DecodedImages(Dataset):
 
 
 @dataclass(frozen=True)
+class Batch:
+    """One batch for the forward pass."""
+
+    kept: list[int]  # input indices of the decoded images, in order
+    pixels_BCHW: torch.Tensor | None  # their fitted uint8 pixels (None: every image was rejected)
+    rejects: list[tuple[int, str]]  # (input index, reason)
+    margins: tuple[int, int, int, int]  # pad rows/columns every image has (top, bottom, left, right)
+
+
+@dataclass(frozen=True)
+class _SharedBatch(Dataset):
+    """Worker side of lockstep decoding. A task is a whole batch (its input indices); every worker
+    gets each batch, waits for its gate, then claims chunks of the batch from a shared counter until
+    none is left, decoding and fitting each chunk straight into `pixels_BHWC` at its slots. Claiming
+    balances the work when one worker starts late or runs slower. Only `(slot, index, decoded,
+    reject reason)` per image goes back to the main process, with the decoded image's size.
+    """
+
+    images: _DecodedImages
+    transform: ImageTransform
+    pixels_BHWC: torch.Tensor  # shared memory: one batch of fitted pixels
+    gates: tuple  # one multiprocessing semaphore per worker
+    next_slot: Any  # multiprocessing Value("q"): the first slot of the batch nobody has claimed yet
+    parent_pid: int
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, batch: list[int]) -> list[tuple]:
+        gate = self.gates[get_worker_info().id]
+        while not gate.acquire(timeout=1.0):
+            if os.getppid() != self.parent_pid:  # the main process is gone (killed): nobody will open the gate
+                os._exit(0)
+        done = []
+        while True:
+            # Guided chunks: a share of what is left, so that the last ones are small and the
+            # workers finish together even when one started late.
+            with self.next_slot.get_lock():
+                first = self.next_slot.value
+                end = min(len(batch), first + max(2, (len(batch) - first) // (2 * len(self.gates))))
+                self.next_slot.value = end
+            if first >= end:
+                return done
+            done.extend(self._decode_and_fit(batch, first, end))
+
+    def _decode_and_fit(self, batch: list[int], first: int, end: int) -> list[tuple]:
+        decoded = [self.images[batch[slot]] for slot in range(first, end)]
+        good = [slot for slot, (_, x, _) in zip(range(first, end), decoded) if x is not None]
+        images = [x for _, x, _ in decoded if x is not None]
+        if good and good == list(range(good[0], good[0] + len(good))):
+            self.transform.fit_batch(images, out=self.pixels_BHWC[good[0] : good[-1] + 1].permute(0, 3, 1, 2))
+        elif good:
+            self.pixels_BHWC[good] = self.transform.fit_batch(images).permute(0, 2, 3, 1)
+        return [
+            (slot, i, None if x is None else tuple(x.shape[:2]), reason)
+            for slot, (i, x, reason) in zip(range(first, end), decoded)
+        ]
+
+
+def _as_list(items: list) -> list:
+    """DataLoader collate for `_SharedBatch`: its results are already lists."""
+    return items
+
+
+@dataclass(frozen=True)
+class _PinToCore:
+    """DataLoader `worker_init_fn`: worker w runs on core `cores[w]`. In lockstep each worker has a
+    core to itself; left to the scheduler, two would now and then share one, or start on a cold cache."""
+
+    cores: tuple[int, ...]
+
+    def __call__(self, worker_id: int) -> None:
+        try:
+            os.sched_setaffinity(0, {self.cores[worker_id]})
+        except (AttributeError, OSError, IndexError):  # no affinity on this OS, or a core went away: run unpinned
+            pass
+
+
+@dataclass(frozen=True)
 class _FitBatch:
-    """DataLoader collate: decoded images -> `(kept indices, fitted uint8 [B, 3, H, W] or None, [(index, reason)])`."""
+    """DataLoader collate: decoded images -> a `Batch`."""
 
     transform: ImageTransform
 
-    def __call__(self, items: list[tuple[int, torch.Tensor | None, str | None]]):
-        kept = [i for i, x, _ in items if x is not None]
-        pixels_BCHW = self.transform.fit_batch([x for _, x, _ in items if x is not None]) if kept else None
-        rejects = [(i, reason) for i, x, reason in items if x is None]
-        return kept, pixels_BCHW, rejects
+    def __call__(self, items: list[tuple[int, torch.Tensor | None, str | None]]) -> Batch:
+        images = [x for _, x, _ in items if x is not None]
+        return Batch(
+            kept=[i for i, x, _ in items if x is not None],
+            pixels_BCHW=self.transform.fit_batch(images) if images else None,
+            rejects=[(i, reason) for i, x, reason in items if x is None],
+            margins=self.transform.pad_margins([tuple(x.shape[:2]) for x in images]),
+        )
 
 
 def extract_to_store(
@@ -115,14 +207,13 @@ def extract_to_store(
     rows. A finished store with the same content hash (image bytes + settings) is reused as is; an
     interrupted one is resumed, recomputing only unfinished shards. Returns the opened store.
 
-    `num_workers`: DataLoader worker processes decoding ahead of the forward pass (on a GPU); 0
-    decodes each batch on this process's torch threads between forward passes, which is fastest
-    when the forward runs on the same CPU cores (worker processes would compete with it). None
-    picks 0 for a model on the CPU and min(8, CPUs) otherwise.
+    `num_workers`: DataLoader worker processes that decode and fit the images: ahead of the forward
+    pass for a model on a GPU, in lockstep with it (see the module docstring) for a model on the
+    CPU. 0 decodes each batch on this process's threads between forward passes. None picks one
+    lockstep worker per torch thread on the CPU (0 with a single thread) and min(8, CPUs) on a GPU.
     """
     _check_settings(images_df, tokens, fit, dtype, shard_rows, batch_size)
-    if num_workers is None:
-        num_workers = 0 if torch.device(clip.device).type == "cpu" else min(8, os.cpu_count() or 1)
+    num_workers = resolve_num_workers(num_workers, clip.device)
     out_dir = Path(out_dir)
     video_ids = [str(v) for v in images_df["video_id"]]
     paths = tuple(str(p) for p in images_df["image"])
@@ -155,6 +246,17 @@ def extract_to_store(
     metadata = _finish(out_dir, n_shards, shard_inputs, content_hash, settings, video_ids)
     _write_rejects(metadata["rejects"], images_df, rejects_path, out_dir)
     return ActivationStore(out_dir)
+
+
+def resolve_num_workers(num_workers: int | None, device: str | torch.device) -> int:
+    """`extract_to_store`'s decoding workers for a model on `device` (see there); None -> the default."""
+    if num_workers is None:
+        if torch.device(device).type == "cpu":
+            return torch.get_num_threads() if torch.get_num_threads() > 1 else 0
+        return min(8, os.cpu_count() or 1)
+    if num_workers < 0:
+        raise ThumbsaeError(f"activations.num_workers={num_workers} must be >= 0 (or null for the default)")
+    return int(num_workers)
 
 
 def store_content_hash(
@@ -214,7 +316,8 @@ def embed_images(
     The same preprocessing and hook as `extract_to_store`, for small sets (`thumbsae rank`).
     """
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
-    parts = _forward_in_batches(images, transform, batch_size, PixelForward(clip.model, transform, layer, tokens), clip.device)
+    forward = PixelForward(clip.model, transform, layer, tokens)
+    parts = _forward_in_batches(images, transform, batch_size, forward, clip.device)
     if not parts:
         tokens_per_image, d = _probe_shape(clip, transform, layer, tokens)
         return np.zeros((0, d) if tokens != "all" else (0, tokens_per_image, d), dtype=np.float32)
@@ -222,12 +325,14 @@ def embed_images(
 
 
 def _forward_in_batches(images, transform, batch_size: int, forward, device) -> list[np.ndarray]:
-    """`forward` (uint8 pixels [B, 3, H, W] -> tensor) over `images` in batches, as float32 numpy."""
+    """`forward(uint8 pixels [B, 3, H, W], pad margins) -> tensor` over `images` in batches, as float32 numpy."""
     parts = []
     for start in range(0, len(images), batch_size):
-        pixels_BCHW = transform.fit_batch([rgb_tensor(im) for im in images[start : start + batch_size]])
+        images_HWC = [rgb_tensor(im) for im in images[start : start + batch_size]]
+        pixels_BCHW = transform.fit_batch(images_HWC)
+        margins = transform.pad_margins([tuple(x.shape[:2]) for x in images_HWC])
         with torch.inference_mode():
-            parts.append(forward(pixels_BCHW.to(device)).float().cpu().numpy())
+            parts.append(forward(pixels_BCHW.to(device), margins).float().cpu().numpy())
     return parts
 
 
@@ -237,7 +342,8 @@ def image_embeddings(
     """Final CLIP image embeddings, L2-normalised: float32 `[N, E]` (ridge baseline, zero-shot)."""
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit)
     parts = _forward_in_batches(
-        images, transform, batch_size, lambda pixels: clip.model.encode_image(transform.normalize(pixels), normalize=True),
+        images, transform, batch_size,
+        lambda pixels, _: clip.model.encode_image(transform.normalize(pixels), normalize=True),
         clip.device,
     )
     embed_dim = int(getattr(clip.model.visual, "output_dim", 0) or 0)
@@ -366,26 +472,85 @@ def _extract_shards(
             batch_shard.append(s)
     if not batches:
         return
-    loader = DataLoader(
+    stream = _batch_stream(job, paths, batches, batch_size=batch_size, num_workers=num_workers)
+    acts: list[np.ndarray] = []
+    kept: list[int] = []
+    rejects: list[tuple[int, str]] = []
+    with contextlib.closing(stream):
+        for n, (shard, batch) in enumerate(zip(batch_shard, stream)):
+            if batch.pixels_BCHW is not None:
+                with torch.inference_mode():
+                    out = job.forward(batch.pixels_BCHW.to(job.clip.device), batch.margins)
+                acts.append(to_storage(out.reshape(-1, out.shape[-1]), job.dtype))
+                kept.extend(batch.kept)
+            rejects.extend(batch.rejects)
+            bar.update(len(batch.kept) + len(batch.rejects))
+            if n + 1 == len(batches) or batch_shard[n + 1] != shard:
+                write_shard(job, shard, acts, kept, rejects)
+                acts, kept, rejects = [], [], []
+
+
+def _batch_stream(
+    job: _ShardJob, paths: tuple[str, ...], batches: list[list[int]], *, batch_size: int, num_workers: int
+) -> Iterator[Batch]:
+    """The `Batch`es, in order. Their pixels may be overwritten by the next batch once it is asked for."""
+    if num_workers > 0 and torch.device(job.clip.device).type == "cpu":
+        yield from _lockstep_stream(job.transform, paths, batches, batch_size=batch_size, num_workers=num_workers)
+        return
+    yield from DataLoader(
         _DecodedImages(paths, threads=torch.get_num_threads() if num_workers == 0 else 1),
         batch_sampler=batches,
         collate_fn=_FitBatch(job.transform),
         num_workers=num_workers,
     )
-    acts: list[np.ndarray] = []
-    kept: list[int] = []
-    rejects: list[tuple[int, str]] = []
-    for n, (shard, (batch_kept, pixels_BCHW, batch_rejects)) in enumerate(zip(batch_shard, loader)):
-        if pixels_BCHW is not None:
-            with torch.inference_mode():
-                out = job.forward(pixels_BCHW.to(job.clip.device))
-            acts.append(to_storage(out.reshape(-1, out.shape[-1]), job.dtype))
-            kept.extend(batch_kept)
-        rejects.extend(batch_rejects)
-        bar.update(len(batch_kept) + len(batch_rejects))
-        if n + 1 == len(batches) or batch_shard[n + 1] != shard:
-            write_shard(job, shard, acts, kept, rejects)
-            acts, kept, rejects = [], [], []
+
+
+def _lockstep_stream(
+    transform: ImageTransform, paths: tuple[str, ...], batches: list[list[int]], *, batch_size: int, num_workers: int
+) -> Iterator[Batch]:
+    """`_batch_stream` with workers that decode only while the main process waits for them."""
+    context = multiprocessing.get_context()
+    gates = tuple(context.Semaphore(0) for _ in range(num_workers))
+    next_slot = context.Value("q", 0)
+    h, w = transform.size_hw
+    pixels_BHWC = torch.empty((batch_size, h, w, 3), dtype=torch.uint8).share_memory_()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    loader = DataLoader(
+        _SharedBatch(_DecodedImages(paths), transform, pixels_BHWC, gates, next_slot, os.getpid()),
+        # Every worker gets every batch (DataLoader hands out tasks round-robin) and claims chunks of it.
+        batch_sampler=[batch for batch in batches for _ in range(num_workers)],
+        collate_fn=_as_list,
+        num_workers=num_workers,
+        prefetch_factor=1,
+        worker_init_fn=_PinToCore(tuple(cores)) if len(cores) >= num_workers else None,
+        multiprocessing_context=context,
+    )
+    results = iter(loader)
+    try:
+        for _ in batches:
+            next_slot.value = 0  # no worker touches it now: all of them wait at their gates
+            for gate in gates:
+                gate.release()
+            items = sorted(item for _ in gates for item in next(results))
+            kept = [(slot, i, size) for slot, i, size, _ in items if size is not None]
+            slots = [slot for slot, _, _ in kept]
+            pixels_BCHW = pixels_BHWC.permute(0, 3, 1, 2)
+            if not kept:
+                pixels_BCHW = None
+            elif slots == list(range(len(slots))):
+                pixels_BCHW = pixels_BCHW[: len(slots)]
+            else:  # rejects left holes in the batch
+                pixels_BCHW = pixels_BCHW[torch.tensor(slots)]
+            yield Batch(
+                kept=[i for _, i, _ in kept],
+                pixels_BCHW=pixels_BCHW,
+                rejects=[(i, reason) for _, i, size, reason in items if size is None],
+                margins=transform.pad_margins([size for _, _, size in kept]),
+            )
+    finally:
+        for gate in gates:  # a worker waiting at its gate must get past it to see the loader shut down
+            gate.release()
+        del results  # shuts the workers down
 
 
 def write_shard(

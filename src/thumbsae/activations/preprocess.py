@@ -8,6 +8,7 @@ motifs near the edges recognisable; the winner is `DEFAULT_FIT`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -43,12 +44,23 @@ class ImageTransform:
         return self.normalize(self.fit_pixels(image)[None])[0]
 
     def fit_pixels(self, image: Image.Image) -> torch.Tensor:
-        """The fitted image as uint8 `[3, H, W]`."""
-        return self.fit_batch([rgb_tensor(image)])[0]
+        """The fitted image as uint8 `[3, H, W]` (contiguous)."""
+        return self.fit_batch([rgb_tensor(image)])[0].contiguous()
 
-    def fit_batch(self, images_HWC: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Fitted uint8 `[B, 3, H, W]` of uint8 RGB images `[h_i, w_i, 3]` (see `rgb_tensor`)."""
-        return fit_batch(images_HWC, self.size_hw, self.fit, fill=_mean_rgb(self.mean))
+    @property
+    def fill_rgb(self) -> tuple[int, int, int]:
+        """The pad colour: the normalisation mean, in 0..255."""
+        return _mean_rgb(self.mean)
+
+    def fit_batch(self, images_HWC: Sequence[torch.Tensor], *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Fitted uint8 `[B, 3, H, W]` of uint8 RGB images `[h_i, w_i, 3]` (see `rgb_tensor`); see `fit_batch`."""
+        return fit_batch(images_HWC, self.size_hw, self.fit, fill=self.fill_rgb, out=out)
+
+    def pad_margins(self, sizes_hw: Sequence[tuple[int, int]]) -> tuple[int, int, int, int]:
+        """`(top, bottom, left, right)` pad rows and columns shared by images of these source sizes
+        once fitted (see `pad_margins`); all 0 for no images."""
+        margins = [pad_margins(size, self.size_hw, self.fit) for size in set(sizes_hw)]
+        return tuple(min(m[k] for m in margins) for k in range(4)) if margins else (0, 0, 0, 0)
 
     def normalize(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
         """uint8 `[B, 3, H, W]` -> float32 `(pixels / 255 - mean) / std`: one conversion, then one
@@ -88,46 +100,90 @@ def make_transform(
 
 
 def fit_batch(
-    images_HWC: Sequence[torch.Tensor], size_hw: tuple[int, int], fit: Fit, *, fill: tuple[int, int, int] = (0, 0, 0)
+    images_HWC: Sequence[torch.Tensor],
+    size_hw: tuple[int, int],
+    fit: Fit,
+    *,
+    fill: tuple[int, int, int] = (0, 0, 0),
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Resize uint8 RGB images `[h_i, w_i, 3]` to exactly `size_hw` (H, W) by `fit`: uint8 `[B, 3, H, W]`.
 
     The resize is bicubic with antialiasing (torch's uint8 kernel, built to match PIL's BICUBIC,
     which open_clip's preprocessing uses: within 1 level on natural images), at 2-5x PIL's speed.
     Images of the same size are resized in one call; each image's result does not depend on the
-    others. `fill` colours the pad borders.
+    others. `fill` colours the pad borders. The result is written into `out` (`[B, 3, H, W]`, any
+    strides) when given, else into a new channels-last tensor (memory `[B, H, W, 3]`: the resize
+    kernel's layout, so that placing its output and gathering patches from it copy whole rows).
     """
     h, w = size_hw
-    out_BCHW = torch.tensor(fill, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images_HWC), 1, h, w)
+    if out is None:
+        out = torch.empty((len(images_HWC), h, w, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    elif tuple(out.shape) != (len(images_HWC), 3, h, w) or out.dtype != torch.uint8:
+        expected = [len(images_HWC), 3, h, w]
+        raise ValueError(f"fit_batch: out must be uint8 {expected}, got {out.dtype} {list(out.shape)}")
+    fill = tuple(int(v) for v in fill)
     by_size: dict[tuple[int, int], list[int]] = {}
     for i, image in enumerate(images_HWC):
         by_size.setdefault((int(image.shape[0]), int(image.shape[1])), []).append(i)
     for (src_h, src_w), rows in by_size.items():
+        (new_h, new_w), (crop_top, crop_left), (top, left), (win_h, win_w) = _layout(src_h, src_w, size_hw, fit)
         # Channels-last [G, 3, h, w] view: the layout of the fast uint8 kernel.
-        group_GCHW = torch.stack([images_HWC[i] for i in rows]).permute(0, 3, 1, 2)
-        if fit == "squash":
-            _place(out_BCHW, rows, 0, 0, _resize(group_GCHW, h, w))
-        elif fit == "crop":
-            scale = max(w / src_w, h / src_h)
-            new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
-            left, top = (new_w - w) // 2, (new_h - h) // 2
-            _place(out_BCHW, rows, 0, 0, _resize(group_GCHW, new_h, new_w)[:, :, top : top + h, left : left + w])
-        else:
-            scale = min(w / src_w, h / src_h)
-            new_w, new_h = min(w, max(1, round(src_w * scale))), min(h, max(1, round(src_h * scale)))
-            _place(out_BCHW, rows, (h - new_h) // 2, (w - new_w) // 2, _resize(group_GCHW, new_h, new_w))
-    return out_BCHW
+        resized_GCHW = _resize(torch.stack([images_HWC[i] for i in rows]).permute(0, 3, 1, 2), new_h, new_w)
+        window_GCHW = resized_GCHW[:, :, crop_top : crop_top + win_h, crop_left : crop_left + win_w]
+        _place(out, rows, top, left, window_GCHW, fill)
+    return out
 
 
-def _place(out_BCHW: torch.Tensor, rows: list[int], top: int, left: int, pixels_GCHW: torch.Tensor) -> None:
-    """Copy image g of `pixels_GCHW` into `out_BCHW[rows[g]]` at (top, left): one strided copy when
-    `rows` is the whole batch in order (the common case), else one copy per image."""
+def pad_margins(src_hw: tuple[int, int], size_hw: tuple[int, int], fit: Fit) -> tuple[int, int, int, int]:
+    """`(top, bottom, left, right)`: how many rows and columns at each border of an image of size
+    `src_hw` fitted to `size_hw` are pad (fill colour only). All 0 except for `pad`."""
+    _, _, (top, left), (win_h, win_w) = _layout(*src_hw, size_hw, fit)
+    return top, size_hw[0] - top - win_h, left, size_hw[1] - left - win_w
+
+
+def _layout(src_h: int, src_w: int, size_hw: tuple[int, int], fit: Fit):
+    """How a `src_h x src_w` image is fitted: `(resize to (h, w), window's top-left in the resized image,
+    window's top-left in the output, window (h, w))`."""
+    h, w = size_hw
+    if fit == "squash":
+        return (h, w), (0, 0), (0, 0), (h, w)
+    if fit == "crop":
+        scale = max(w / src_w, h / src_h)
+        new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
+        return (new_h, new_w), ((new_h - h) // 2, (new_w - w) // 2), (0, 0), (h, w)
+    scale = min(w / src_w, h / src_h)
+    new_w, new_h = min(w, max(1, round(src_w * scale))), min(h, max(1, round(src_h * scale)))
+    return (new_h, new_w), (0, 0), ((h - new_h) // 2, (w - new_w) // 2), (new_h, new_w)
+
+
+def _place(
+    out_BCHW: torch.Tensor, rows: list[int], top: int, left: int, pixels_GCHW: torch.Tensor, fill: tuple[int, int, int]
+) -> None:
+    """Copy image g of `pixels_GCHW` into `out_BCHW[rows[g]]` at (top, left) and paint the borders
+    around it with `fill`: strided copies over the whole batch when `rows` is the whole batch in
+    order (the common case), else per image."""
     _, _, gh, gw = pixels_GCHW.shape
-    if rows == list(range(len(out_BCHW))):
-        out_BCHW[:, :, top : top + gh, left : left + gw].copy_(pixels_GCHW)
-        return
-    for g, i in enumerate(rows):
-        out_BCHW[i, :, top : top + gh, left : left + gw].copy_(pixels_GCHW[g])
+    targets = [(slice(None), pixels_GCHW)] if rows == list(range(len(out_BCHW))) else [
+        (i, pixels_GCHW[g]) for g, i in enumerate(rows)
+    ]
+    for i, pixels in targets:
+        image = out_BCHW[i]
+        image[..., top : top + gh, left : left + gw].copy_(pixels)
+        for band in (
+            image[..., :top, :], image[..., top + gh :, :], image[..., top : top + gh, :left],
+            image[..., top : top + gh, left + gw :],
+        ):
+            if band.numel():
+                # As [.., h, w, 3] with a [w, 3] colour pattern: whole pixel rows per copy in channels-last memory.
+                band_HWC = band.movedim(-3, -1)
+                band_HWC.copy_(_fill_row(fill, band_HWC.shape[-2]).expand_as(band_HWC))
+
+
+@functools.lru_cache(maxsize=64)
+def _fill_row(fill: tuple[int, int, int], width: int) -> torch.Tensor:
+    """A row of `width` pixels of colour `fill`, uint8 `[width, 3]` (read-only: shared between calls)."""
+    return torch.tensor(fill, dtype=torch.uint8).repeat(width, 1)
 
 
 def _resize(pixels_GCHW: torch.Tensor, h: int, w: int) -> torch.Tensor:
