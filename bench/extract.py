@@ -1,9 +1,9 @@
 """Bench: the extraction stage's images/s against a bare `model.visual` forward on decoded tensors.
 
-Ours: `extract_to_store` end to end on PNG thumbnails (hashing, decoding - by default on this
-process's threads between forward passes, `--workers N` for DataLoader worker processes -, batched
-fitting, the truncated forward to the hooked layer with the normalisation folded into the patch
-embedding, shard writes). Anchor: a loop of
+Ours: `extract_to_store` end to end on PNG thumbnails (hashing, decoding and batched fitting - by
+default in one worker process per torch thread, in lockstep with the forward pass; `--workers 0`
+decodes in this process -, the truncated forward to the hooked layer with the normalisation and
+the letterbox borders folded into the patch embedding, shard writes). Anchor: a loop of
 `model.visual(x)` (all blocks) over the same images already decoded and preprocessed, same model,
 batch size and thread count. ratio = ours / anchor; target 1.0 (running fewer blocks should pay
 for the decoding).
@@ -65,7 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=None, help="default: extract_to_store's choice (0 on CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="default: extract_to_store's choice (one lockstep worker per torch thread on CPU)")
     parser.add_argument("--layer", type=int, default=-2)
     parser.add_argument("--tokens", default="cls")
     parser.add_argument("--fit", default="pad")
