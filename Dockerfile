@@ -1,6 +1,8 @@
 # thumbsae on CPU (the GPU variant: swap the base for an nvidia/cuda python image; torch 2.14.1's
 # default wheel is a CUDA build). Build: docker build -t thumbsae .
 # Run:   docker run --rm -v "$PWD/runs:/app/runs" thumbsae python train.py
+# Decoding workers share batches through /dev/shm, which Docker caps at 64 MB: for batches of
+# large images (say 256 x 336 px, 87 MB) add --shm-size=1g.
 FROM python:3.11-slim
 
 ENV PIP_NO_CACHE_DIR=1 \
