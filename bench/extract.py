@@ -8,7 +8,7 @@ the letterbox borders folded into the patch embedding, shard writes). Anchor: a 
 batch size and thread count. ratio = ours / anchor; target 1.0 (running fewer blocks should pay
 for the decoding).
 
-    python bench/extract.py [--images 1024] [--batch-size 64] [--workers N] [--layer -2] [--tokens cls]
+    python bench/extract.py [--images 1024] [--batch-size 64] [--workers N] [--layer -2] [--tokens cls] [--format png]
 """
 
 from __future__ import annotations
@@ -30,16 +30,17 @@ from thumbsae.world import SCENES, draw_thumbnail
 from thumbsae.world import MOTIFS
 
 
-def make_thumbnails(folder: Path, n: int, size: tuple[int, int]) -> pd.DataFrame:
-    """`n` world thumbnails (PNG) of `size` (W, H) and their table."""
+def make_thumbnails(folder: Path, n: int, size: tuple[int, int], image_format: str = "png") -> pd.DataFrame:
+    """`n` world thumbnails of `size` (W, H), as PNG (the world's format) or JPEG (quality 90, as
+    video sites serve thumbnails), and their table."""
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
         motifs = list(rng.choice(MOTIFS, size=rng.integers(1, 3), replace=False))
         image = draw_thumbnail(motifs, scene=SCENES[i % len(SCENES)], warmth=float(rng.uniform(-1, 1)), size=size,
                                rng=rng)
-        path = folder / f"{i:05d}.png"
-        image.save(path)
+        path = folder / f"{i:05d}.{'jpg' if image_format == 'jpeg' else 'png'}"
+        image.save(path, **({"quality": 90} if image_format == "jpeg" else {}))
         rows.append({"video_id": f"v{i:05d}", "image": str(path)})
     return pd.DataFrame(rows)
 
@@ -73,11 +74,12 @@ def main() -> None:
     parser.add_argument("--model", default="thumbsae-tiny-vit")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--format", choices=["png", "jpeg"], default="png", help="thumbnail file format")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clip = load_clip(args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        images = make_thumbnails(Path(tmp), args.images, (160, 120))
+        images = make_thumbnails(Path(tmp), args.images, (160, 120), args.format)
         transform = make_transform(clip.image_size, clip.mean, clip.std, args.fit)
         x_NCHW = torch.stack([transform(load_rgb(p)) for p in images["image"]])
         # Alternate the two, best of `repeats` each, so that a machine whose speed drifts (shared
@@ -95,6 +97,7 @@ def main() -> None:
         "model": args.model,
         "layer": args.layer,
         "tokens": args.tokens,
+        "format": args.format,
         "batch_size": args.batch_size,
         "workers": args.workers,
         "threads": args.threads,
