@@ -146,6 +146,15 @@ def test_lockstep_workers_write_the_same_bytes_as_decoding_in_process(micro, ima
         assert store.n_images == N_IMAGES - 3
 
 
+def test_workers_decoding_ahead_as_on_a_gpu_write_the_same_bytes(micro, image_table, tmp_path, monkeypatch):
+    """The GPU path (DataLoader workers decoding whole batches ahead), run here on the CPU."""
+    inline = _extract(image_table, micro, tmp_path / "inline", tokens="all", batch_size=5, shard_rows=40)
+    monkeypatch.setattr(extract_module, "_in_lockstep", lambda device: False)
+    monkeypatch.setattr(extract_module, "_lockstep_stream", None)  # must not be reached
+    _extract(image_table, micro, tmp_path / "ahead", tokens="all", batch_size=5, shard_rows=40, num_workers=2)
+    assert _bytes_of(tmp_path / "ahead") == _bytes_of(inline.path)
+
+
 def test_default_workers_follow_the_device_and_thread_count(monkeypatch):
     resolve = extract_module.resolve_num_workers
     assert resolve(None, "cpu") == 0  # this test module runs torch on one thread: decode in process

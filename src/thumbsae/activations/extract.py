@@ -494,7 +494,7 @@ def _batch_stream(
     job: _ShardJob, paths: tuple[str, ...], batches: list[list[int]], *, batch_size: int, num_workers: int
 ) -> Iterator[Batch]:
     """The `Batch`es, in order. Their pixels may be overwritten by the next batch once it is asked for."""
-    if num_workers > 0 and torch.device(job.clip.device).type == "cpu":
+    if num_workers > 0 and _in_lockstep(job.clip.device):
         yield from _lockstep_stream(job.transform, paths, batches, batch_size=batch_size, num_workers=num_workers)
         return
     yield from DataLoader(
@@ -503,6 +503,11 @@ def _batch_stream(
         collate_fn=_FitBatch(job.transform),
         num_workers=num_workers,
     )
+
+
+def _in_lockstep(device: str | torch.device) -> bool:
+    """Whether decoding workers must wait for the forward pass: it runs on the same (CPU) cores."""
+    return torch.device(device).type == "cpu"
 
 
 def _lockstep_stream(
