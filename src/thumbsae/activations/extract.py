@@ -7,10 +7,10 @@ where an earlier run stopped. Each finished shard is renamed into place with a s
 
 Where the forward pass runs decides how the workers run. On a GPU they decode ahead, as usual. On
 the CPU the forward pass already keeps every core busy, and workers decoding at the same time
-would only slow it down, so they work in lockstep with it: each batch is cut into one part per
-worker, a worker starts on its part only when the main process opens its gate (between two forward
-passes), and writes the fitted pixels straight into a shared-memory batch buffer. Decoding then
-uses every core without the GIL, and never overlaps the forward pass.
+would only slow it down, so they work in lockstep with it: a worker starts on a batch only when
+the main process opens its gate (between two forward passes), the workers claim chunks of it from a
+shared counter, and write the fitted pixels straight into a shared-memory batch buffer. Decoding
+then uses every core without the GIL, and never overlaps the forward pass.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -104,8 +104,8 @@ class _SharedBatch(Dataset):
     """Worker side of lockstep decoding. A task is a whole batch (its input indices); every worker
     gets each batch, waits for its gate, then claims chunks of the batch from a shared counter until
     none is left, decoding and fitting each chunk straight into `pixels_BHWC` at its slots. Claiming
-    balances the work when one worker starts late or runs slower. Only `(slot, index, decoded,
-    reject reason)` per image goes back to the main process, with the decoded image's size.
+    balances the work when one worker starts late or runs slower. Only `(slot, input index, decoded
+    size (h, w) or None, reject reason)` per image goes back to the main process.
     """
 
     images: _DecodedImages
