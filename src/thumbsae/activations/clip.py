@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from thumbsae.activations.model_configs import register_model_config, register_shipped_configs
-from thumbsae.errors import ThumbsaeError
+from thumbsae.errors import ThumbsaeError, one_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -223,9 +223,9 @@ def _create(
                     f"could not download the '{tag}' weights of {name} (offline?): fetch them on a "
                     "machine with internet and pass model.pretrained=/path/to/checkpoint.safetensors"
                 ) from exc
-            raise ModelLoadError(f"could not build CLIP model {name}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"could not build CLIP model {name}: {one_line(exc)}") from exc
         except (ValueError, TypeError, KeyError) as exc:
-            raise ModelLoadError(f"could not build CLIP model {name}: {_one_line(exc)}") from exc
+            raise ModelLoadError(f"could not build CLIP model {name}: {one_line(exc)}") from exc
 
 
 def _load_local_weights(model: torch.nn.Module, path: Path, name: str) -> None:
@@ -237,7 +237,7 @@ def _load_local_weights(model: torch.nn.Module, path: Path, name: str) -> None:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # safetensors, the weights-only unpickler and zip readers each raise their own
         raise ModelLoadError(
-            f"corrupt or unreadable checkpoint {path} ({_one_line(exc)}); re-save it as .safetensors "
+            f"corrupt or unreadable checkpoint {path} ({one_line(exc)}); re-save it as .safetensors "
             "(a state dict of open_clip weights)"
         ) from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -290,8 +290,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]

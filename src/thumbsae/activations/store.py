@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thumbsae.data import atomic_path, atomic_write_text
+from thumbsae.files import atomic_path, atomic_write_text
 from thumbsae.errors import ThumbsaeError
 
 FORMAT_VERSION = 1

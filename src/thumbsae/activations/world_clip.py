@@ -35,7 +35,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from thumbsae.activations.model_configs import TINY_VIT_NAME, register_shipped_configs
-from thumbsae.data.atomic import write_atomic
+from thumbsae.files import write_atomic
 from thumbsae.errors import ThumbsaeError
 from thumbsae.world.captions import MOTIF_PHRASES, caption_for
 

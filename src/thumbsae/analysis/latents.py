@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from thumbsae.data.atomic import atomic_write_text, write_atomic
+from thumbsae.files import atomic_write_text, write_atomic
 from thumbsae.errors import ThumbsaeError
 
 Pool = Literal["max", "mean"]

@@ -27,9 +27,9 @@ from sklearn.linear_model import ElasticNet, ElasticNetCV, Ridge
 from sklearn.metrics import r2_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, ShuffleSplit
 
-from thumbsae.analysis.study import to_json_ready
+from thumbsae.jsonable import to_json_ready
 from thumbsae.analysis.latents import LatentMatrix
-from thumbsae.data.atomic import atomic_dir
+from thumbsae.files import atomic_dir
 from thumbsae.errors import ThumbsaeError
 
 MODEL_FILE = "model.safetensors"

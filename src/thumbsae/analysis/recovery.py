@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from thumbsae.analysis.study import to_json_ready
+from thumbsae.jsonable import to_json_ready
 from thumbsae.errors import ThumbsaeError
 
 # A feature "is" a motif when at least this fraction of its group shows it.

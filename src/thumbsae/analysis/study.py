@@ -44,8 +44,9 @@ import scipy.sparse as sp
 from thumbsae.analysis import stats as st
 from thumbsae.analysis.adjust import adjust_views, channel_codes
 from thumbsae.analysis.groups import FeatureGroups, top_groups
-from thumbsae.data.atomic import atomic_path
+from thumbsae.files import atomic_path
 from thumbsae.errors import ThumbsaeError
+from thumbsae.jsonable import to_json_ready
 
 # Independent random streams per purpose, so changing one setting never moves another's draws.
 STREAM_RANDOM_GROUPS, STREAM_HELDOUT_NULL, STREAM_SELECTION, STREAM_FEATURE_NULL, STREAM_BOOTSTRAP = 1, 2, 3, 4, 5
@@ -343,23 +344,6 @@ def _analyse(
 def _as_counts(values: np.ndarray) -> np.ndarray:
     """int64 copy of whole-number views (as the table gave them), float64 otherwise."""
     return values.astype(np.int64) if np.all(values == np.round(values)) else values
-
-
-def to_json_ready(obj: Any) -> Any:
-    """Plain-Python copy of `obj` for JSON: numpy scalars unwrapped, NaN and infinities -> None."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [to_json_ready(v) for v in obj.tolist()]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj
 
 
 def run_feature_study(latents: sp.spmatrix, table: pd.DataFrame, cfg: EvalConfig) -> StudyResult:

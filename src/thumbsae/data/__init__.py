@@ -1,13 +1,11 @@
-"""thumbsae.data: image sets (manifests and folders), image decoding, validation, rejects,
-atomic writes and URL fetching.
+"""thumbsae.data: image sets (manifests and folders), image decoding, validation, rejects and
+URL fetching (atomic writes live in `thumbsae.files`).
 
     load_image_set(source, kind=..., rejects_path=..., strict=...) -> pd.DataFrame
     load_rgb(path) -> PIL.Image.Image (RGB)
     fetch_manifest(manifest, out_dir) -> (manifest_csv, rejects_csv)
-    atomic_path / atomic_dir / atomic_write_bytes / atomic_write_text / write_atomic
 """
 
-from thumbsae.data.atomic import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text, write_atomic
 from thumbsae.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_rgb
 from thumbsae.data.manifest import (
     KINDS,
@@ -29,10 +27,6 @@ __all__ = [
     "Reject",
     "RejectedRowsError",
     "ValidatedSet",
-    "atomic_dir",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "decode_image",
     "fetch_manifest",
     "is_url",
@@ -40,7 +34,6 @@ __all__ = [
     "load_rgb",
     "read_manifest",
     "validate_image_set",
-    "write_atomic",
     "write_manifest",
     "write_rejects",
 ]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thumbsae.data.atomic import atomic_path
+from thumbsae.files import atomic_path
 from thumbsae.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
-from thumbsae.errors import ThumbsaeError
+from thumbsae.errors import ThumbsaeError, one_line
 
 KINDS = ("thumbnails", "reference", "images")
 REQUIRED_COLUMNS = ("video_id", "image")
@@ -208,7 +208,7 @@ def read_manifest(path: str | os.PathLike, *, kind: str = "thumbnails") -> pd.Da
         try:
             table = pd.read_parquet(path)
         except Exception as err:  # pyarrow raises its own types for a corrupt or non-Parquet file
-            raise ThumbsaeError(f"{path}: cannot read Parquet: {_one_line(err)}") from None
+            raise ThumbsaeError(f"{path}: cannot read Parquet: {one_line(err)}") from None
         table.columns = [str(c) for c in table.columns]
         table = table.reset_index(drop=True)
     else:
@@ -249,14 +249,10 @@ def _read_csv(path: Path, raw_columns: tuple[str, ...]) -> pd.DataFrame:
     except ThumbsaeError:
         raise
     except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, ValueError, OSError) as err:
-        raise ThumbsaeError(f"{path}: cannot parse CSV: {_one_line(err)}") from None
+        raise ThumbsaeError(f"{path}: cannot parse CSV: {one_line(err)}") from None
     if len({len(p) for p in parts}) > 1:
         raise ThumbsaeError(f"{path}: cannot parse CSV: rows of uneven length")
     return pd.concat(parts, axis=1)[header]
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _scan_folder(root: Path) -> tuple[pd.DataFrame, list[str]]:

@@ -30,7 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from thumbsae.data.atomic import atomic_write_text, write_atomic
+from thumbsae.files import atomic_write_text, write_atomic
 from thumbsae.data.images import load_rgb
 from thumbsae.errors import ThumbsaeError
 

@@ -26,7 +26,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from thumbsae.data.atomic import atomic_write_text, write_atomic
+from thumbsae.files import atomic_write_text, write_atomic
 
 SIDE_COLOURS = {"high": "#d62728", "low": "#1f77b4", "": "#b0b0b0"}
 # Fixed salt and no metadata: matplotlib otherwise stamps a random SVG id salt and its version.

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from thumbsae.data.atomic import atomic_write_text
+from thumbsae.files import atomic_write_text
 
 REPORT_FILE = "report.html"
 _DOT = " \u00b7 "

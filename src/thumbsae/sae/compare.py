@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from thumbsae.data.atomic import atomic_path, atomic_write_text
+from thumbsae.files import atomic_path, atomic_write_text
 from thumbsae.errors import ThumbsaeError
 from thumbsae.sae.config import sae_config_from_dict
 from thumbsae.sae.io import read_sae_config

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from thumbsae.data.atomic import atomic_dir
+from thumbsae.files import atomic_dir
 from thumbsae.errors import ThumbsaeError
 from thumbsae.sae.config import sae_config_from_dict
 from thumbsae.sae.model import SparseAutoencoder

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from thumbsae.data.atomic import atomic_write_text
+from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import clip_kwargs, extract_store
-from thumbsae.tasks.loggers import closing_loggers, make_loggers, wandb_run
+from thumbsae.tasks.loggers import closing_loggers, make_loggers
 
 
 def resolve_sae_dir(cfg: DictConfig) -> Path:
@@ -57,7 +57,8 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     """Run the whole evaluation; returns the summary written to `out_dir/summary.json`."""
     from thumbsae.activations import load_clip
     from thumbsae.analysis.latents import encode_latents, save_latents
-    from thumbsae.analysis.study import EvalConfig, run_feature_study, to_json_ready, write_study
+    from thumbsae.analysis.study import EvalConfig, run_feature_study, write_study
+    from thumbsae.jsonable import to_json_ready
     from thumbsae.sae import load_sae
 
     out_dir = Path(out_dir)
@@ -118,11 +119,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         write_plots(out_dir / "plots", feature_groups, result.nulls, summary)
         loggers = make_loggers(cfg.get("logger"), out_dir, name=f"evaluate-{Path(sae_dir).parent.name}", group=cfg.get("experiment_name"))
         with closing_loggers(loggers):
-            run = wandb_run(loggers)
-            if run is not None:
-                from thumbsae.report.wandb_log import log_evaluation
+            from thumbsae.report.wandb_log import log_evaluation
 
-                log_evaluation(run, out_dir / "panels", feature_groups, summary)
+            log_evaluation(loggers, out_dir / "panels", feature_groups, summary)
     return summary
 
 

@@ -53,10 +53,3 @@ def closing_loggers(loggers: list) -> Iterator[list]:
                 with contextlib.suppress(Exception):
                     lg.finalize("failed" if failed else "success")
 
-
-def wandb_run(loggers: list):
-    """The live `wandb.Run` among `loggers`, or None."""
-    for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger":
-            return lg.experiment
-    return None

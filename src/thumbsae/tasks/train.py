@@ -10,7 +10,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from thumbsae.data.atomic import atomic_write_text
+from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
 from thumbsae.tasks.extract import clip_kwargs, extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers

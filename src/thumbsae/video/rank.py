@@ -353,7 +353,7 @@ def run_rank(
     `out_dir` is replaced only when all of it is written. Returns the records. Raises
     `ThumbsaeError` (bad video, bad folders, unwritable output) leaving no partial output.
     """
-    from thumbsae.data.atomic import atomic_dir
+    from thumbsae.files import atomic_dir
     from thumbsae.report.rank_report import write_rank_report
 
     cfg = dataclasses.replace(cfg or VideoConfig(), n_candidates=int(n_candidates))
