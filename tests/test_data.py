@@ -15,15 +15,12 @@ from PIL import Image
 from thumbsae.data import (
     ImageDecodeError,
     RejectedRowsError,
-    atomic_dir,
-    atomic_path,
-    atomic_write_bytes,
-    atomic_write_text,
     load_image_set,
     load_rgb,
     write_manifest,
 )
 from thumbsae.errors import ThumbsaeError
+from thumbsae.files import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text
 
 
 def noise_png(path: Path, size: int = 48, seed: int = 0) -> Path:
