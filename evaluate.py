@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> None:
 
     out_dir = HydraConfig.get().runtime.output_dir
     try:
-        summary = evaluate(cfg, out_dir)
+        summary = evaluate(cfg, out_dir, overrides=list(HydraConfig.get().overrides.task))
     except ThumbsaeError as err:
         print(f"evaluate.py: error: {err}", file=sys.stderr)
         sys.exit(2)

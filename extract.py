@@ -2,11 +2,10 @@
 
     python extract.py source=data/world/reference.csv kind=images out=data/stores/train
 
-Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract_store`.
+Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract`.
 """
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -16,14 +15,10 @@ from thumbsae.errors import ThumbsaeError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
-    from thumbsae.tasks.extract import extract_store
+    from thumbsae.tasks.extract import extract
 
     try:
-        ensure_world(cfg)
-        ensure_world_clip(cfg)
-        out = Path(cfg.out)
-        store, _ = extract_store(cfg, cfg.source, kind=cfg.kind, rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
+        store = extract(cfg)
     except ThumbsaeError as err:
         print(f"extract.py: error: {err}", file=sys.stderr)
         sys.exit(2)

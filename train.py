@@ -3,7 +3,7 @@
     python train.py data.train=IMAGES hydra.run.dir=RUN      # writes RUN/sae/
     python train.py -m sae.expansion_factor=8,16,32,64      # one run per size
 
-Composes conf/train.yaml, runs `thumbsae.tasks.train.train`, always closes the loggers.
+Composes conf/train.yaml, runs `thumbsae.tasks.train.train`; the loggers are always closed.
 """
 
 import sys
@@ -20,7 +20,7 @@ def main(cfg: DictConfig) -> None:
     from thumbsae.tasks.train import train
 
     try:
-        sae_dir = train(cfg, HydraConfig.get().runtime.output_dir)
+        sae_dir = train(cfg, HydraConfig.get().runtime.output_dir, overrides=list(HydraConfig.get().overrides.task))
     except ThumbsaeError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         sys.exit(2)
