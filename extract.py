@@ -5,25 +5,23 @@
 Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract`.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from thumbsae.errors import ThumbsaeError
+from thumbsae.tasks.entry import check_command_line, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
     from thumbsae.tasks.extract import extract
 
-    try:
+    def task() -> str:
         store = extract(cfg)
-    except ThumbsaeError as err:
-        print(f"extract.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"wrote {store.path}: {store.n} rows x {store.d}")
+        return f"wrote {store.path}: {store.n} rows x {store.d}"
+
+    run_task("extract.py", task)
 
 
 if __name__ == "__main__":
+    check_command_line("extract.py", "extract")
     main()

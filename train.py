@@ -6,26 +6,21 @@
 Composes conf/train.yaml, runs `thumbsae.tasks.train.train`; the loggers are always closed.
 """
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from thumbsae.errors import ThumbsaeError
+from thumbsae.tasks.entry import check_command_line, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     from thumbsae.tasks.train import train
 
-    try:
-        sae_dir = train(cfg, HydraConfig.get().runtime.output_dir, overrides=list(HydraConfig.get().overrides.task))
-    except ThumbsaeError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"wrote {sae_dir}")
+    hydra_cfg = HydraConfig.get()
+    run_task("train.py", lambda: f"wrote {train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))}")
 
 
 if __name__ == "__main__":
+    check_command_line("train.py", "train")
     main()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from thumbsae.config import build, compose
+from thumbsae.config import build, compose, override_keys, refuse_overrides
 from thumbsae.errors import ThumbsaeError
 
 # `key=value`, `+key=value`, `~key`, `group=option`: what Hydra takes on a command line.
@@ -75,6 +75,13 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
          "video.n_candidates": args.candidates, "channel_id": args.channel, "progress": False if args.no_progress else None},
     )
     video = build(cfg.video, "video")
+    hook_keys = [f"activations.{k}" for k in ("layer", "tokens", "fit")]
+    refuse_overrides(
+        [o for o in overrides if override_keys([o])[0] not in hook_keys], ["activations"],
+        why="rank reads only activations.layer, tokens and fit, for an SAE folder that does not name its hook",
+    )
+    if _names_its_clip(Path(cfg.sae_dir)):
+        refuse_overrides(overrides, ["model", "activations"], why=f"{cfg.sae_dir} names the CLIP model and hook it was trained on")
     run_rank(
         Path(cfg.source),
         sae_dir=Path(cfg.sae_dir),
@@ -86,6 +93,19 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg=video,
     )
     return 0
+
+
+def _names_its_clip(sae_dir: Path) -> bool:
+    """Whether an SAE folder's `config.json` names its CLIP model and hook (thumbsae's own format)."""
+    import json
+
+    for folder in (sae_dir, sae_dir / "sae"):
+        try:
+            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return isinstance(config, dict) and isinstance(config.get("clip"), dict) and isinstance(config.get("hook"), dict)
+    return False
 
 
 def _compare(args: argparse.Namespace, overrides: list[str]) -> int:

@@ -94,6 +94,10 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     if not hook.store and not data.train:
         raise ThumbsaeError("data.train: not set; pass data.train=IMAGES (a manifest or a folder) or activations.store=STORE")
     resume = check_resumable(run_dir / "checkpoints" / "last.ckpt")
+    name = run_name(cfg)
+    loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
+    callbacks = [build(node, f"callbacks.{key}", **_callback_runtime(key, run_dir)) for key, node in cfg.callbacks.items()]
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
 
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -114,10 +118,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     sae_cfg = sae_config_from_dict({**sae_node, "d_in": store.d, "input_scale": float(datamodule.scale)})
     module = SAELitModule(sae_cfg, splice=splice_evaluator(cfg, clip, images))
 
-    name = run_name(cfg)
-    loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
-    callbacks = [build(node, f"callbacks.{key}", **_callback_runtime(key, run_dir)) for key, node in cfg.callbacks.items()]
-    trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
     validates = float(datamodule.val_fraction) > 0
     with closing_loggers(loggers):
         for lg in loggers:
