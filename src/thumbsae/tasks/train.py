@@ -19,7 +19,7 @@ from thumbsae.tasks.loggers import closing_loggers, make_loggers
 def run_name(cfg: DictConfig) -> str:
     """A readable run name: architecture, expansion and k (what a size sweep varies)."""
     s = cfg.sae
-    k = f"-k{s.k}" if s.get("arch") in ("topk", "batchtopk") else ""
+    k = f"-k{s.k}" if s.get("k") is not None else ""
     return f"{s.arch}-x{s.expansion_factor}{k}"
 
 
@@ -55,7 +55,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     `run_dir/rejects.csv`. Resumes from `run_dir/checkpoints/last.ckpt` when it exists.
     """
     from thumbsae.activations import ActivationDataModule, ActivationStore
-    from thumbsae.sae import SAELitModule, save_sae, sae_config_from_dict
+    from thumbsae.sae import SAELitModule, optim_config_from_dict, save_sae, sae_config_from_dict
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     sae_node = OmegaConf.to_container(cfg.sae, resolve=True)
     datamodule = ActivationDataModule(
         [store.path],
-        batch_size=int(sae_node["batch_size"]),
+        batch_size=int(cfg.datamodule.batch_size),
         val_fraction=float(cfg.datamodule.val_fraction),
         shuffle_buffer=int(cfg.datamodule.shuffle_buffer),
         num_workers=int(cfg.datamodule.num_workers),
@@ -83,7 +83,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     )
     datamodule.setup("fit")
     sae_cfg = sae_config_from_dict({**sae_node, "d_in": store.d, "input_scale": float(datamodule.scale)})
-    module = SAELitModule(sae_cfg, splice=splice_evaluator(cfg, clip, images))
+    optim_cfg = optim_config_from_dict(OmegaConf.to_container(cfg.optim, resolve=True))
+    module = SAELitModule(sae_cfg, optim_cfg, splice=splice_evaluator(cfg, clip, images))
 
     name = run_name(cfg)
     loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
@@ -105,6 +106,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
 
     meta = {
+        "optim": optim_cfg.to_dict(),
         "clip": {**clip_kwargs(cfg.model), "sha256": clip.sha256},
         "hook": {"layer": int(cfg.activations.layer), "tokens": str(cfg.activations.tokens), "fit": str(cfg.activations.fit)},
         "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if cfg.datamodule.normalize else "none"},
@@ -112,6 +114,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             "images": str(cfg.data.train),
             "n_activations": int(store.n),
             "max_steps": int(cfg.trainer.max_steps),
+            "batch_size": int(cfg.datamodule.batch_size),
             "seed": int(cfg.seed),
         },
     }
@@ -125,7 +128,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         "d_in": sae_cfg.d_in,
         "expansion_factor": sae_node.get("expansion_factor"),
         "n_latents": module.sae.n_latents,
-        "k": sae_node.get("k"),
+        "k": sae_node.get("k"),  # None for architectures without a fixed k
         **{k.split("/")[-1]: v for k, v in metrics.items()},
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
