@@ -261,3 +261,40 @@ def test_ddp_all_reduces_dead_latent_statistics():
     assert int(module.tokens_seen) == 3 * 32 * 2
     assert int(module.tokens_since_fired.max()) <= 3 * 32 * 2
     torch.testing.assert_close(module.sae.b_dec.detach(), data[:64].mean(0), rtol=0, atol=1e-5)
+
+
+def test_matryoshka_validation_reports_the_fvu_of_each_prefix():
+    data, val = dictionary_data(256), dictionary_data(96, seed=9)
+    module = SAELitModule(*topk_cfg(arch="matryoshka", prefixes=(8, 32), input_scale=0.5), prescaled=False)
+    dm = Activations(data, 32, val=val)
+    run = trainer(10, limit_val_batches=None)
+    run.fit(module, dm)
+    metrics = run.validate(module, dm, verbose=False)[0]
+    sae = module.sae.eval()
+    with torch.no_grad():
+        out = sae(val)
+    x = val.double() * 0.5
+    centred = (x - x.mean(0)).pow(2).sum()
+    for size in (8, 32, 64):
+        fvu = float((x - out.prefix_sae_out[size].double() * 0.5).pow(2).sum() / centred)
+        assert metrics[f"val/fvu_prefix_{size}"] == pytest.approx(fvu, rel=1e-6)
+    assert metrics["val/fvu_prefix_64"] == pytest.approx(metrics["val/fvu"], rel=1e-9)
+    assert metrics["val/fvu_prefix_8"] > metrics["val/fvu_prefix_64"]
+
+
+def test_jumprelu_thresholds_start_at_init_l0_and_train():
+    data = dictionary_data(512)
+    cfg, optim = topk_cfg(arch="jumprelu", init_l0=3.0, target_l0=3.0, l0_coef=0.1, bandwidth=0.05)
+    module = SAELitModule(cfg, optim, prescaled=False)
+    sae = module.sae
+    sae.init_from_sample(data, prescaled=False)
+    with torch.no_grad():
+        l0 = float((sae.encode_dense(data) > 0).sum(1).float().mean())
+    assert l0 == pytest.approx(3.0, abs=0.2)  # every latent fires on 3/F of the sample
+    start = sae.log_threshold.detach().clone()
+    module.b_dec_ready.fill_(True)
+    trainer(16).fit(module, Activations(data, 32))
+    assert not torch.equal(start, sae.log_threshold.detach())  # the STE moved the thresholds
+    with torch.no_grad():
+        acts, idx = sae.eval().encode(data)
+    assert 1.0 < float((acts > 0).sum(1).float().mean()) < 6.0

@@ -231,7 +231,9 @@ class JumpReLUConfig(SAEConfig):
     mean of `2 / target_l0 * (L0 - target_l0)^2` per row (Gemma Scope 2's quadratic penalty, as
     SAELens' `target_l0`). The reconstruction term is the batch FVU, as for TopK, so `l0_coef` is
     in FVU per active latent (a Gemma-Scope-style coefficient on the summed squared error is
-    about `d_in` times larger). init_threshold: every latent's threshold at the start.
+    about `d_in` times larger). init_threshold: every latent's threshold at the start; with
+    `init_l0` set, thresholds are instead set from the first training batch so that each latent
+    fires on `init_l0 / F` of it (L0 about `init_l0` from the first step).
     """
 
     ARCH: ClassVar[str] = "jumprelu"
@@ -241,10 +243,13 @@ class JumpReLUConfig(SAEConfig):
     target_l0: float | None = None
     bandwidth: float = 0.05
     init_threshold: float = 0.1
+    init_l0: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least("l0_coef", self.l0_coef, 0)
+        if self.init_l0 is not None and not 0 < self.init_l0 < self.latents:
+            raise ThumbsaeError(f"sae.init_l0={self.init_l0}: must be in (0, {self.latents}) or null")
         for name in ("bandwidth", "init_threshold"):
             if not getattr(self, name) > 0:
                 raise ThumbsaeError(f"sae.{name}={getattr(self, name)}: must be > 0")

@@ -1,7 +1,8 @@
 """`SAELitModule`: trains a `SparseAutoencoder` under Lightning (CPU, one GPU or DDP).
 
 What it adds around the SAE:
-- `b_dec` initialised from the first training batch (gathered from every rank) or a given sample;
+- `b_dec` (and what else the architecture initialises from data) set from the first training
+  batch (gathered from every rank) or a given sample;
 - Adam with a linear warm-up, then a constant learning rate (the study's `constantwithwarmup`),
   set by an `OptimConfig`;
 - firing tracked in tokens and in steps, all-reduced across ranks; the architecture decides which
@@ -135,14 +136,15 @@ class SAELitModule(pl.LightningModule):
         self.register_buffer("tokens_since_fired", torch.zeros(F, dtype=torch.long))
         self.register_buffer("steps_since_fired", torch.zeros(F, dtype=torch.long))
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("b_dec_ready", torch.tensor(cfg.b_dec_init == "zeros"))
+        # True once the data-dependent initialisation (b_dec, JumpReLU thresholds) has run.
+        self.register_buffer("b_dec_ready", torch.tensor(False))
         self._splice = splice  # a plain attribute: the CLIP model must not enter the state dict
         self._last_step_end: float | None = None
         self._train_seconds = 0.0
         self._train_tokens = 0
         self.last_density_F: np.ndarray | None = None
         if init_sample is not None:
-            self.sae.init_b_dec(init_sample.float(), prescaled=self.prescaled)
+            self.sae.init_from_sample(init_sample.float(), prescaled=self.prescaled)
             self.b_dec_ready.fill_(True)
 
     # ---- optimisation -------------------------------------------------------------------------
@@ -228,7 +230,7 @@ class SAELitModule(pl.LightningModule):
     @torch.no_grad()
     def _init_b_dec_from(self, x_BD: Tensor) -> None:
         sample = self.all_gather(x_BD) if self._world_size() > 1 else x_BD
-        self.sae.init_b_dec(sample.reshape(-1, x_BD.shape[-1]).float(), prescaled=self.prescaled)
+        self.sae.init_from_sample(sample.reshape(-1, x_BD.shape[-1]).float(), prescaled=self.prescaled)
         self.b_dec_ready.fill_(True)
 
     @torch.no_grad()

@@ -147,6 +147,14 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.grad.addcmul_(parallel_F1, self.W_dec, value=-1.0)
 
     @torch.no_grad()
+    def init_from_sample(self, x_ND: Tensor, *, prescaled: bool = False) -> None:
+        """Data-dependent initialisation from sample activations [N, D]: `b_dec` per
+        `cfg.b_dec_init`, then the architecture's own (JumpReLU with `init_l0`: its thresholds)."""
+        self.init_b_dec(x_ND, prescaled=prescaled)
+        x = x_ND if prescaled else x_ND * self.cfg.input_scale
+        self.variant.init_from_sample(self, x.to(self.W_enc.dtype))
+
+    @torch.no_grad()
     def init_b_dec(self, x_ND: Tensor, method: str | None = None, *, prescaled: bool = False) -> None:
         """Set `b_dec` from sample activations [N, D]: `mean`, `geometric_median` or `zeros`
         (default: `cfg.b_dec_init`)."""

@@ -103,6 +103,10 @@ class Variant:
     def add_state(self, sae: SparseAutoencoder) -> None:
         """Register parameters or buffers of the architecture's own on `sae` (flat names)."""
 
+    def init_from_sample(self, sae: SparseAutoencoder, x_ND: Tensor) -> None:
+        """Initialise the architecture's own state from scaled sample activations [N, D] (after
+        `b_dec`); nothing by default."""
+
     def encode(self, sae: SparseAutoencoder, x_BD: Tensor) -> SparseLatents:
         """Inference latents of scaled input [B, D]."""
         raise NotImplementedError
@@ -337,6 +341,21 @@ class JumpReLU(Variant):
 
     def encode(self, sae, x_BD):
         return threshold_latents(sae.pre_acts(x_BD), sae.log_threshold.detach().exp())
+
+    @torch.no_grad()
+    def init_from_sample(self, sae, x_ND):
+        """With `init_l0`: each latent's threshold at the `1 - init_l0 / F` quantile of its
+        pre-activations on the sample, so every latent fires on that fraction of it (L0 about
+        `init_l0`, none dead). Adam moves a log-threshold by about lr per step, so a constant
+        start far from the right scale would take thousands of steps to leave."""
+        if self.cfg.init_l0 is None:
+            return
+        pre_NF = sae.pre_acts(x_ND).float()
+        q = 1.0 - self.cfg.init_l0 / sae.n_latents
+        # torch.quantile takes at most 2^24 elements: columns in chunks.
+        cols = max(1, 2**24 // max(pre_NF.shape[0], 1))
+        theta_F = torch.cat([torch.quantile(pre_NF[:, i : i + cols], q, dim=0) for i in range(0, sae.n_latents, cols)])
+        sae.log_threshold.copy_(theta_F.clamp_min(self.cfg.bandwidth / 2).log().to(sae.log_threshold.dtype))
 
     def forward(self, sae, x_BD, dead_mask_F, variance):
         cfg = self.cfg
