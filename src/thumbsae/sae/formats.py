@@ -74,7 +74,11 @@ def detect_format(path: Path) -> str:
             return SAELENS
         if (path / SPARSIFY_WEIGHTS).is_file():
             return SPARSIFY
-    return THUMBSAE  # the thumbsae reader names the missing files
+        raise ThumbsaeError(f"{path}: has {FOREIGN_CONFIG} but neither {SAELENS_WEIGHTS} (SAELens) nor {SPARSIFY_WEIGHTS} (sparsify)")
+    raise ThumbsaeError(
+        f"{path}: not an SAE folder: expected {CONFIG_FILE} + {WEIGHTS_FILE} (thumbsae), {FOREIGN_CONFIG} + "
+        f"{SAELENS_WEIGHTS} (SAELens) or {FOREIGN_CONFIG} + {SPARSIFY_WEIGHTS} (sparsify), or a torch state dict file"
+    )
 
 
 def read_foreign(path: Path, kind: str, hook_defaults: Mapping[str, Any] | None) -> tuple[SparseAutoencoder, dict[str, Any]]:
