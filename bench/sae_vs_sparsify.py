@@ -27,7 +27,7 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # sparsify's CPU path
 import torch
 import torch.nn.functional as F
 
-from thumbsae.sae import SAEConfig, SparseAutoencoder
+from thumbsae.sae import SparseAutoencoder, TopKConfig
 
 TARGET = 1.5
 
@@ -54,7 +54,7 @@ class Ours:
     name = "thumbsae"
 
     def __init__(self, d: int, expansion: int, k: int, lr: float, dead_tokens: int, autocast: bool = False):
-        cfg = SAEConfig(arch="topk", d_in=d, expansion_factor=expansion, k=k, aux_coef=1 / 32, dead_window_tokens=dead_tokens)
+        cfg = TopKConfig(d_in=d, expansion_factor=expansion, k=k, aux_coef=1 / 32, dead_window_tokens=dead_tokens)
         self.sae = SparseAutoencoder(cfg)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, fused=True)  # as SAELitModule does
         self.since_fired = torch.zeros(self.sae.n_latents, dtype=torch.long)

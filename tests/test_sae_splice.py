@@ -8,7 +8,7 @@ import torch
 
 from thumbsae.activations.model_configs import register_model_config
 from thumbsae.errors import ThumbsaeError
-from thumbsae.sae import SAEConfig, SAELitModule, SparseAutoencoder, SpliceEvaluator
+from thumbsae.sae import OptimConfig, ReLUConfig, SAELitModule, SparseAutoencoder, SpliceEvaluator, TopKConfig
 
 WIDTH = 32
 NAME = "thumbsae-test-splice-vit"
@@ -34,7 +34,7 @@ def tiny_clip():
 
 def identity_sae() -> SparseAutoencoder:
     """relu(x) - relu(-x) = x: a ReLU SAE with latents +e_i and -e_i reconstructs exactly."""
-    sae = SparseAutoencoder(SAEConfig(arch="relu", d_in=WIDTH, n_latents=2 * WIDTH, input_scale=0.5))
+    sae = SparseAutoencoder(ReLUConfig(d_in=WIDTH, n_latents=2 * WIDTH, input_scale=0.5))
     eye = torch.eye(WIDTH)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye]))
@@ -70,7 +70,7 @@ def test_original_matches_open_clip_and_a_random_sae_loses_something(tiny_clip):
         text = torch.nn.functional.normalize(model.encode_text(tokenizer(PROMPTS)), dim=-1)
         logits = model.logit_scale.exp() * image @ text.t()
         expected = torch.nn.functional.cross_entropy(logits, ev.labels_B)
-    random_sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=WIDTH, expansion_factor=2, k=2))
+    random_sae = SparseAutoencoder(TopKConfig(d_in=WIDTH, expansion_factor=2, k=2))
     metrics = ev.evaluate(random_sae)
     assert metrics["contrastive_loss_original"] == pytest.approx(float(expected), rel=1e-5)
     assert metrics["contrastive_loss_spliced"] != pytest.approx(metrics["contrastive_loss_original"], abs=1e-5)
@@ -84,7 +84,7 @@ def test_lit_module_logs_splice_metrics_at_validation(tiny_clip):
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    module = SAELitModule(SAEConfig(arch="topk", d_in=WIDTH, expansion_factor=2, k=4, warmup_steps=1), splice=evaluator(tiny_clip, "cls"))
+    module = SAELitModule(TopKConfig(d_in=WIDTH, expansion_factor=2, k=4), OptimConfig(warmup_steps=1), splice=evaluator(tiny_clip, "cls"))
     data = DataLoader(TensorDataset(torch.randn(64, WIDTH)), batch_size=32)
     trainer = pl.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, data)

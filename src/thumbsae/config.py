@@ -92,6 +92,18 @@ def build(node: DictConfig | Mapping | None, group: str, **runtime: Any) -> Any:
         raise ThumbsaeError(f"{group}: cannot build {values['_target_']}: {one_line(err)}") from None
 
 
+def check(node: DictConfig | Mapping, group: str) -> None:
+    """Check a node's values against its `_target_`'s field types without building it (for a config
+    whose build needs values only known later, such as an SAE's width)."""
+    values = to_plain(node)
+    target = _locate(values["_target_"], group)
+    settings = {k: v for k, v in values.items() if not k.startswith("_")}
+    if dataclasses.is_dataclass(target):
+        check_fields(target, settings, group)
+    else:
+        check_parameters(target, settings, group)
+
+
 def to_plain(node: Any) -> Any:
     """A resolved plain-Python copy of an OmegaConf node (dicts, lists, scalars).
 

@@ -80,7 +80,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         "d_in": cfg.d_in,
         "expansion_factor": cfg.latents / cfg.d_in,
         "n_latents": cfg.latents,
-        "k": cfg.k if cfg.arch != "relu" else None,
+        "k": cfg.to_dict().get("k"),  # architectures without a fixed k have none
     }
     for key in COLUMNS[len(row) :]:
         value = metrics.get(key, timing.get(key))

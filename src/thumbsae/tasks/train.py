@@ -10,14 +10,14 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from thumbsae.config import build, refuse_overrides, setting, to_plain
+from thumbsae.config import build, check, refuse_overrides, setting, to_plain
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
 
-TRAIN_GROUPS = ("sae", "datamodule", "trainer", "callbacks")
+TRAIN_GROUPS = ("sae", "optim", "datamodule", "trainer", "callbacks")
 # Composed with the pipeline (conf/pipeline.yaml) but read only by evaluate.py.
 EVAL_GROUPS = ("eval", "engagement_model", "report", "sae_dir", "default_sae_run")
 
@@ -25,7 +25,7 @@ EVAL_GROUPS = ("eval", "engagement_model", "report", "sae_dir", "default_sae_run
 def run_name(cfg: DictConfig) -> str:
     """A readable run name: architecture, expansion and k (what a size sweep varies)."""
     s = cfg.sae
-    k = f"-k{s.k}" if s.get("k") is not None and s.get("arch") in ("topk", "batchtopk") else ""
+    k = f"-k{s.k}" if s.get("k") is not None else ""
     return f"{s.arch}-x{s.expansion_factor}{k}"
 
 
@@ -81,7 +81,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     overrides: the command line's Hydra overrides; evaluation settings among them are refused.
     """
     from thumbsae.activations import ActivationStore
-    from thumbsae.sae import SAELitModule, save_sae, sae_config_from_dict
+    from thumbsae.sae import SAELitModule, save_sae
 
     refuse_overrides(overrides, EVAL_GROUPS, why="train.py does not evaluate; evaluate.py does")
     run_dir = Path(run_dir)
@@ -90,6 +90,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     clip_cfg = build(cfg.model, "model")
     hook = build(cfg.activations, "activations")
     make_datamodule = build(cfg.datamodule, "datamodule", _partial_=True)
+    optim_cfg = build(cfg.optim, "optim")
+    check(cfg.sae, "sae")
     sae_node = to_plain(cfg.sae)
     if not hook.store and not data.train:
         raise ThumbsaeError("data.train: not set; pass data.train=IMAGES (a manifest or a folder) or activations.store=STORE")
@@ -105,7 +107,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     ensure_world_clip(cfg)
     clip = clip_cfg.load()
     # The SAE's settings are checked against the model's width before any activation is extracted.
-    sae_config_from_dict({**sae_node, "d_in": int(clip.visual.transformer.width)})
+    build(cfg.sae, "sae", d_in=int(clip.visual.transformer.width))
 
     if hook.store:
         store, images = ActivationStore(Path(hook.store)), None
@@ -115,8 +117,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
 
     datamodule = make_datamodule([store.path])
     datamodule.setup("fit")
-    sae_cfg = sae_config_from_dict({**sae_node, "d_in": store.d, "input_scale": float(datamodule.scale)})
-    module = SAELitModule(sae_cfg, splice=splice_evaluator(cfg, clip, images))
+    sae_cfg = build(cfg.sae, "sae", d_in=store.d, input_scale=float(datamodule.scale))
+    module = SAELitModule(sae_cfg, optim_cfg, splice=splice_evaluator(cfg, clip, images))
 
     validates = float(datamodule.val_fraction) > 0
     with closing_loggers(loggers):
@@ -131,6 +133,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
         metrics = {k: float(v) for k, v in results[0].items()}
 
     meta = {
+        "optim": optim_cfg.to_dict(),
         "clip": {**clip_cfg.to_dict(), "sha256": clip.sha256},
         "hook": hook.hook,
         "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if datamodule.normalize else "none"},
@@ -139,6 +142,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
             "store": str(hook.store) if hook.store else None,
             "n_activations": int(store.n),
             "max_steps": int(trainer.max_steps),
+            "batch_size": int(datamodule.batch_size),
             "seed": seed,
         },
     }
@@ -152,7 +156,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
         "d_in": sae_cfg.d_in,
         "expansion_factor": sae_node.get("expansion_factor"),
         "n_latents": module.sae.n_latents,
-        "k": sae_node.get("k"),
+        "k": sae_node.get("k"),  # None for architectures without a fixed k
         **{k.split("/")[-1]: v for k, v in metrics.items()},
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -180,7 +180,7 @@ def write_demo_models(
     from thumbsae.activations import embed_images, load_clip
     from thumbsae.analysis.latents import encode_latents
     from thumbsae.analysis.predictor import fit_engagement_model
-    from thumbsae.sae import SAEConfig, SparseAutoencoder, save_sae
+    from thumbsae.sae import SparseAutoencoder, TopKConfig, save_sae
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -207,7 +207,7 @@ def write_demo_models(
         train_ND = acts_ND.reshape(-1, acts_ND.shape[-1])
     else:
         train_ND = acts_ND
-    sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=train_ND.shape[1], n_latents=n_latents, k=k, seed=seed))
+    sae = SparseAutoencoder(TopKConfig(d_in=train_ND.shape[1], n_latents=n_latents, k=k, seed=seed))
     x_ND = torch.from_numpy(np.ascontiguousarray(train_ND))
     sae.init_b_dec(x_ND)
     optimizer = torch.optim.Adam(sae.parameters(), lr=2e-3)
