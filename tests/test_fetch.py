@@ -16,6 +16,7 @@ from PIL import Image
 from thumbsae.cli import main as cli_main
 from thumbsae.data import fetch_manifest, load_image_set
 from thumbsae.data.fetch import url_key
+from thumbsae.errors import ThumbsaeError
 
 
 def encoded(fmt: str, seed: int, size: int = 40) -> bytes:
@@ -209,7 +210,8 @@ def test_cli_fetch_and_its_errors(server, tmp_path, capsys):
 def test_local_file_urls_are_not_fetched(tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"video_id": ["f"], "image": ["ftp://example.com/a.png"], "views": [1]}).to_csv(manifest, index=False)
-    fetch_manifest(manifest, tmp_path / "o", progress=False)
+    with pytest.raises(ThumbsaeError, match="all 1 rows rejected.*rejects.csv"):
+        fetch_manifest(manifest, tmp_path / "o", progress=False)  # both files are written first
     rejects = pd.read_csv(tmp_path / "o" / "rejects.csv")
     assert rejects["reason"].tolist() == ["unsupported URL scheme 'ftp' (only http and https are fetched)"]
     assert Path(tmp_path / "o" / "manifest.csv").read_text().strip() == "video_id,image,views"

@@ -164,6 +164,7 @@ def test_existing_world_is_replaced_and_other_folders_are_refused(tmp_path):
     generate_world(WorldConfig(**small, seed=5), out)
     assert (out / "thumbnails.csv").read_text() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no temporaries left behind
+    assert (out / ".thumbsae-world").is_file()  # the marker that lets a later run replace it
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
@@ -191,7 +192,7 @@ def test_interrupted_run_leaves_the_old_world_whole(tmp_path, monkeypatch):
 def test_bad_config_is_one_clear_error():
     with pytest.raises(ThumbsaeError, match="unknown motif"):
         WorldConfig(effects={"unicorn": 2.0})
-    with pytest.raises(ThumbsaeError, match="n_thumbnails"):
+    with pytest.raises(ThumbsaeError, match="world.n_thumbnails=0: must be an integer in 1"):
         WorldConfig(n_thumbnails=0)
     assert WorldConfig(effects={"food": 3.0}).effects == (("food", 3.0),)  # dicts from Hydra
 

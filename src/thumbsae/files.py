@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,43 @@ from pathlib import Path
 def _sibling(path: Path, tag: str) -> Path:
     """A hidden, unique name beside `path` that keeps its suffix: `.name.<tag>-<hex><suffix>`."""
     return path.with_name(f".{path.stem}.{tag}-{uuid.uuid4().hex[:12]}{path.suffix}")
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # os.umask can only be read by setting it; put it straight back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _give_umask_modes(root: Path) -> None:
+    """chmod `root` (and all under it, for a folder) to what the umask gives a new file or folder.
+
+    Writers such as safetensors create 0600 files; an output must not keep that private mode
+    once it is renamed into place. Executable files stay executable.
+    """
+    umask = current_umask()
+    for path in [root, *(root.rglob("*") if root.is_dir() and not root.is_symlink() else ())]:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        if stat.S_ISDIR(info.st_mode) or info.st_mode & 0o111:
+            mode = 0o777 & ~umask
+        else:
+            mode = 0o666 & ~umask
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(path, mode)
 
 
 def _fsync_file(path: Path) -> None:
@@ -38,7 +77,8 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
     """Yield a temporary path beside `path`; on success rename it onto `path`, on failure remove it.
 
     The caller writes the temporary (any writer: `df.to_parquet(tmp)`, `img.save(tmp)`); the parent
-    folder is created if missing. `fsync=True` flushes the file to disk before the rename.
+    folder is created if missing. `fsync=True` flushes the file to disk before the rename. The
+    file gets the mode the umask gives a new file, whatever mode its writer created it with.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +89,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
             raise FileNotFoundError(f"atomic write of {path}: nothing was written to {tmp.name}")
         if fsync:
             _fsync_file(tmp)
+        _give_umask_modes(tmp)
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
@@ -77,7 +118,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `path`; on success it replaces `path`, on failure it is removed.
 
     An existing `path` (file or folder) is moved aside and deleted only after the new folder is in
-    place, so an interruption leaves either the old or the new content, never a mix.
+    place, so an interruption leaves either the old or the new content, never a mix. Everything in
+    it gets the modes the umask gives new files and folders.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,6 +127,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _give_umask_modes(tmp)
         old = None
         if path.exists() or path.is_symlink():
             old = _sibling(path, "old")

@@ -3,10 +3,19 @@ URL fetching (atomic writes live in `thumbsae.files`).
 
     load_image_set(source, kind=..., rejects_path=..., strict=...) -> pd.DataFrame
     load_rgb(path) -> PIL.Image.Image (RGB)
-    fetch_manifest(manifest, out_dir) -> (manifest_csv, rejects_csv)
+    fetch_manifest(manifest, out_dir, FetchConfig(...)) -> (manifest_csv, rejects_csv)
 """
 
-from thumbsae.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, load_rgb
+from thumbsae.data.images import (
+    DECODE_BUDGET,
+    DEFAULT_MAX_DECODE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DecodeBudget,
+    ImageDecodeError,
+    decode_cost,
+    decode_image,
+    load_rgb,
+)
 from thumbsae.data.manifest import (
     KINDS,
     Reject,
@@ -21,12 +30,17 @@ from thumbsae.data.manifest import (
 )
 
 __all__ = [
+    "DECODE_BUDGET",
+    "DEFAULT_MAX_DECODE_BYTES",
     "DEFAULT_MAX_PIXELS",
     "KINDS",
+    "DecodeBudget",
+    "FetchConfig",
     "ImageDecodeError",
     "Reject",
     "RejectedRowsError",
     "ValidatedSet",
+    "decode_cost",
     "decode_image",
     "fetch_manifest",
     "is_url",
@@ -41,8 +55,8 @@ __all__ = [
 
 def __getattr__(name: str):
     # `requests` is only needed by `thumbsae fetch`; importing it lazily keeps `thumbsae.data` light.
-    if name == "fetch_manifest":
-        from thumbsae.data.fetch import fetch_manifest
+    if name in ("fetch_manifest", "FetchConfig"):
+        from thumbsae.data import fetch
 
-        return fetch_manifest
+        return getattr(fetch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,11 +6,15 @@ to a rejects CSV, its count is printed, and `strict=True` turns any reject into 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
+import errno
+import io
 import math
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -19,8 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from thumbsae.data.images import (
+    DEFAULT_MAX_DECODE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    REASON_NOT_FILE,
+    REASON_UNREADABLE,
+    ImageDecodeError,
+    load_rgb,
+)
 from thumbsae.files import atomic_path
-from thumbsae.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, load_rgb
 from thumbsae.errors import ThumbsaeError, one_line
 
 KINDS = ("thumbnails", "reference", "images")
@@ -36,6 +47,8 @@ IMAGE_SUFFIXES = frozenset(
 _INT64_MAX = np.iinfo(np.int64).max
 _HTTP_URL = re.compile(r"^https?://", re.IGNORECASE)
 _ANY_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+# CSV delimiters tried on the header, in order; the name goes into reject reasons.
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "bar"}
 
 
 class RejectedRowsError(ThumbsaeError):
@@ -80,6 +93,7 @@ def load_image_set(
     check_images: bool = True,
     allow_urls: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     workers: int | None = None,
 ) -> pd.DataFrame:
     """Read and validate an image set: a CSV / Parquet manifest, or a folder of images.
@@ -96,7 +110,8 @@ def load_image_set(
     no usable row raises `ThumbsaeError`.
     """
     checked = validate_image_set(
-        source, kind=kind, check_images=check_images, allow_urls=allow_urls, max_pixels=max_pixels, workers=workers
+        source, kind=kind, check_images=check_images, allow_urls=allow_urls, max_pixels=max_pixels,
+        max_decode_bytes=max_decode_bytes, workers=workers,
     )
     report_rejects(checked, rejects_path=rejects_path, strict=strict)
     return checked.rows
@@ -156,6 +171,7 @@ def validate_image_set(
     check_images: bool = True,
     allow_urls: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
     workers: int | None = None,
 ) -> ValidatedSet:
     """`load_image_set` without side effects: returns the valid rows and the rejects."""
@@ -167,10 +183,10 @@ def validate_image_set(
             raise ThumbsaeError(
                 f"{source}: a folder has no view counts; a thumbnail set must be a manifest with a 'views' column"
             )
-        table, row_numbers = _scan_folder(path)
+        table, row_numbers, problems = _scan_folder(path)
         base_dir = path
     elif path.is_file():
-        table = read_manifest(path, kind=kind)
+        table, problems = _read_table(path, kind=kind)
         row_numbers = list(range(1, len(table) + 1))
         base_dir = path.parent
     else:
@@ -179,8 +195,10 @@ def validate_image_set(
         raise ThumbsaeError(f"{source}: no rows" if path.is_file() else f"{source}: no images found")
     rows, reasons = _check_rows(table, kind=kind, base_dir=base_dir, row_numbers=row_numbers,
                                 allow_urls=allow_urls, source=str(source))
+    for i, problem in problems.items():
+        reasons[i].insert(0, problem)
     if check_images:
-        _check_decodable(rows, reasons, max_pixels=max_pixels, workers=workers)
+        _check_decodable(rows, reasons, max_pixels=max_pixels, max_decode_bytes=max_decode_bytes, workers=workers)
     keep = [not r for r in reasons]
     rejects = tuple(
         Reject(row_numbers[i], str(rows["video_id"].iat[i]), _as_text(table["image"].iat[i]), "; ".join(reasons[i]))
@@ -196,14 +214,21 @@ def read_manifest(path: str | os.PathLike, *, kind: str = "thumbnails") -> pd.Da
 
     The contract's text columns (and `views` for thumbnails) come back as strings exactly as
     written ("" when empty) so validation sees what the user wrote; other columns keep pandas'
-    inferred types. Raises `ThumbsaeError` for an unknown suffix, an unreadable file, or a
-    missing required column.
+    inferred types. A CSV row with more fields than the header keeps its first fields here (and
+    is a reject in `validate_image_set`). Raises `ThumbsaeError` for an unknown suffix, an
+    unreadable file, or a missing required column.
     """
+    return _read_table(path, kind=kind)[0]
+
+
+def _read_table(path: str | os.PathLike, *, kind: str) -> tuple[pd.DataFrame, dict[int, str]]:
+    """`read_manifest`, plus the problems found while splitting rows: {0-based row: reason}."""
     path = Path(path)
     suffix = path.suffix.lower()
     raw_columns = TEXT_COLUMNS + (("views",) if kind == "thumbnails" else ())
+    problems: dict[int, str] = {}
     if suffix == ".csv":
-        table = _read_csv(path, raw_columns)
+        table, problems = _read_csv(path, raw_columns)
     elif suffix in (".parquet", ".pq"):
         try:
             table = pd.read_parquet(path)
@@ -219,50 +244,132 @@ def read_manifest(path: str | os.PathLike, *, kind: str = "thumbnails") -> pd.Da
     required = REQUIRED_COLUMNS + (("views",) if kind == "thumbnails" else ())
     for column in required:
         if column not in table.columns:
-            found = ", ".join(map(str, table.columns)) or "none"
+            found = ", ".join(map(repr, table.columns)) or "none"
             raise ThumbsaeError(f"{path}: missing required column {column!r} (found: {found})")
-    return table
+    return table, problems
 
 
-def _read_csv(path: Path, raw_columns: tuple[str, ...]) -> pd.DataFrame:
-    """Two column-wise reads: contract text columns verbatim as strings, the rest type-inferred."""
+def _decode_text(path: Path) -> str:
+    """The manifest's text: UTF-8 (with or without BOM), or UTF-16 when it starts with a UTF-16 BOM."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), None)
-        if not header:
-            raise ThumbsaeError(f"{path}: empty file (no header row)")
-        duplicated = sorted({c for c in header if header.count(c) > 1})
-        if duplicated:
-            raise ThumbsaeError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicated))}")
-        raw_idx = [i for i, c in enumerate(header) if c in raw_columns]
-        other_idx = [i for i, c in enumerate(header) if c not in raw_columns]
-        parts = []
-        if raw_idx:
-            part = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=raw_idx, encoding="utf-8-sig")
-            part.columns = [header[i] for i in raw_idx]
-            parts.append(part)
-        if other_idx:
-            part = pd.read_csv(path, usecols=other_idx, encoding="utf-8-sig")
-            # pandas renames blank headers ("Unnamed: 3"); keep the names as written.
-            part.columns = [header[i] for i in other_idx]
-            parts.append(part)
-    except ThumbsaeError:
-        raise
-    except (pd.errors.ParserError, csv.Error, UnicodeDecodeError, ValueError, OSError) as err:
-        raise ThumbsaeError(f"{path}: cannot parse CSV: {one_line(err)}") from None
-    if len({len(p) for p in parts}) > 1:
-        raise ThumbsaeError(f"{path}: cannot parse CSV: rows of uneven length")
-    return pd.concat(parts, axis=1)[header]
+        data = path.read_bytes()
+    except OSError as err:
+        raise ThumbsaeError(f"{path}: cannot read ({err.strerror or err})") from None
+    encoding = "utf-16" if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ThumbsaeError(
+            f"{path}: not {encoding.upper().replace('-SIG', '')} text (byte 0x{data[err.start]:02x} on line {line}); "
+            "save the manifest as UTF-8 CSV"
+        ) from None
 
 
-def _scan_folder(root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Images under `root` (recursive, hidden entries skipped) sorted by relative posix path."""
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if path.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in rel.parts) and path.is_file():
-            found.append(rel.as_posix())
-    found.sort()
+def _read_csv(path: Path, raw_columns: tuple[str, ...]) -> tuple[pd.DataFrame, dict[int, str]]:
+    """Split a CSV manifest with the csv module (every row, whatever its width), then build the frame.
+
+    The delimiter is the first of `, ; tab |` that splits the header into both required columns
+    (Excel writes `;` in some locales). Blank lines are not rows. A row with more fields than the
+    header keeps its first ones and gets a problem; a shorter row is padded with empty fields.
+    Contract text columns stay strings as written; pandas infers the types of the others.
+    """
+    text = _decode_text(path)
+    delimiter = _delimiter(text)
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header: list[str] | None = None
+    rows: list[list[str]] = []
+    problems: dict[int, str] = {}
+    try:
+        for record in records:
+            if not record:
+                continue  # a blank line
+            if header is None:
+                header = [name.strip() for name in record]
+                continue
+            if len(record) > len(header):
+                problems[len(rows)] = (
+                    f"{len(record)} fields, but the header has {len(header)} "
+                    f"(an unquoted {_DELIMITER_NAMES[delimiter]} inside a value?)"
+                )
+                record = record[: len(header)]
+            elif len(record) < len(header):
+                record = record + [""] * (len(header) - len(record))
+            rows.append(record)
+    except csv.Error as err:
+        raise ThumbsaeError(f"{path}: cannot parse CSV on line {records.line_num}: {one_line(err)}") from None
+    if header is None:
+        raise ThumbsaeError(f"{path}: empty file (no header row)")
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise ThumbsaeError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicated))}")
+    columns = {}
+    other = [j for j, name in enumerate(header) if name not in raw_columns]
+    inferred = _infer_types([[row[j] for j in other] for row in rows], len(other)) if other else None
+    for j, name in enumerate(header):
+        if name in raw_columns:
+            columns[name] = pd.Series([row[j] for row in rows], dtype=object)
+        else:
+            columns[name] = inferred.iloc[:, other.index(j)]
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)), columns=header), problems
+
+
+def _delimiter(text: str) -> str:
+    for delimiter in _DELIMITER_NAMES:
+        try:
+            first = next((r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if r), [])
+        except csv.Error:
+            continue
+        if set(REQUIRED_COLUMNS) <= {name.strip() for name in first}:
+            return delimiter
+    return ","
+
+
+def _infer_types(values: list[list[str]], width: int) -> pd.DataFrame:
+    """pandas' own type inference on already-split fields (rows x width), index 0..N-1."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([f"c{j}" for j in range(width)])
+    writer.writerows(values)  # csv quotes a lone empty field, so no row becomes a blank line
+    buffer.seek(0)
+    frame = pd.read_csv(buffer, skip_blank_lines=False, dtype=None)
+    if len(frame) != len(values):  # cannot happen with csv-written input; never misalign rows
+        raise ThumbsaeError(f"internal: type inference gave {len(frame)} rows for {len(values)}")
+    return frame
+
+
+def _scan_folder(root: Path) -> tuple[pd.DataFrame, list[str], dict[int, str]]:
+    """Images under `root` (recursive, hidden entries skipped) sorted by relative posix path.
+
+    Every non-hidden entry with an image suffix is a row, and so is every folder that cannot be
+    listed; what is not a readable regular file (a folder named `x.png`, a broken or looping
+    symbolic link, a FIFO) comes back as a problem {row: reason} instead of being skipped.
+    Folder links are followed once each (a loop is not walked twice).
+    """
+    entries: dict[str, str | None] = {}
+    unreadable: list[OSError] = []
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable.append, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError as err:
+            unreadable.append(err)
+            dirnames[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        rel_dir = Path(os.path.relpath(dirpath, root))
+        for name in [*dirnames, *filenames]:
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            entries[(rel_dir / name).as_posix().removeprefix("./")] = _entry_problem(Path(dirpath) / name)
+    for err in unreadable:
+        rel = Path(os.path.relpath(err.filename, root)).as_posix() if err.filename else "."
+        entries[rel] = f"cannot list folder: {err.strerror or err}"
+    found = sorted(entries)
     root_abs = os.path.abspath(root)
     table = pd.DataFrame(
         {
@@ -273,7 +380,25 @@ def _scan_folder(root: Path) -> tuple[pd.DataFrame, list[str]]:
         },
         columns=["video_id", "image", "label"],
     )
-    return table, found
+    problems = {i: entries[rel] for i, rel in enumerate(found) if entries[rel] is not None}
+    return table, found, problems
+
+
+def _entry_problem(path: Path) -> str | None:
+    """None for a regular file (or a link to one), else why the entry is no image file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return "broken symbolic link (its target does not exist)"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return f"{REASON_UNREADABLE}: {err.strerror or err}"
+    if stat.S_ISDIR(info.st_mode):
+        return f"{REASON_NOT_FILE} (a folder)"
+    if not stat.S_ISREG(info.st_mode):
+        return REASON_NOT_FILE
+    return None
 
 
 def _is_missing(value: object) -> bool:
@@ -410,14 +535,19 @@ def _check_rows(
     return out, reasons
 
 
-def _check_decodable(rows: pd.DataFrame, reasons: list[list[str]], *, max_pixels: int, workers: int | None) -> None:
-    """Decode every still-valid local image in a thread pool (PIL releases the GIL while decoding)."""
+def _check_decodable(
+    rows: pd.DataFrame, reasons: list[list[str]], *, max_pixels: int, max_decode_bytes: int, workers: int | None
+) -> None:
+    """Decode every still-valid local image in a thread pool (PIL releases the GIL while decoding).
+
+    Memory stays bounded whatever `workers` is: each decode holds its cost from `DECODE_BUDGET`.
+    """
     images = rows["image"].tolist()
     todo = [i for i, image in enumerate(images) if not reasons[i] and not is_url(image)]
 
     def failure(i: int) -> str | None:
         try:
-            load_rgb(images[i], max_pixels=max_pixels)
+            load_rgb(images[i], max_pixels=max_pixels, max_decode_bytes=max_decode_bytes)
         except ImageDecodeError as err:
             return err.reason
         return None

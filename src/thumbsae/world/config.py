@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -15,6 +17,36 @@ DEFAULT_EFFECTS: tuple[tuple[str, float], ...] = (
     ("sports_field", 0.4),
     ("night_scene", 0.4),
 )
+
+
+# Limits: a world is a test bed; these keep one run within a few GB of memory and disk.
+MAX_THUMBNAILS = 1_000_000
+MAX_CHANNELS = 100_000
+MAX_REFERENCE_PER_CLASS = 100_000
+MIN_SIDE, MAX_SIDE = 16, 2048  # YouTube thumbnails are at most 1280 x 720
+MIN_EFFECT, MAX_EFFECT = 0.01, 100.0
+_FLOAT_RANGES = (
+    ("channel_sd", 0.0, 5.0),
+    ("confound_strength", -5.0, 5.0),
+    ("age_effect_per_year", -1.0, 1.0),
+    ("warmth_effect", -5.0, 5.0),
+    ("noise_sd", 0.0, 5.0),
+    ("base", -20.0, 30.0),
+)
+
+
+def _integer(key: str, value: object, lo: int, hi: int) -> int:
+    """`value` as an int in lo..hi, else a one-line `ThumbsaeError` naming `world.<key>`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise ThumbsaeError(f"world.{key}={value!r}: must be an integer in {lo}..{hi}")
+    return int(value)
+
+
+def _number(key: str, value: object) -> float:
+    """`value` as a finite float, else a one-line `ThumbsaeError` naming `world.<key>`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ThumbsaeError(f"world.{key}={value!r}: must be a finite number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -34,6 +66,10 @@ class WorldConfig:
     workers: drawing processes (None: one for small worlds, else up to the CPU count); the files
         do not depend on it.
     png_compress_level: zlib level of the PNGs (low is fast; files stay lossless either way).
+
+    Every setting is checked on construction: a bad one raises `ThumbsaeError` in one line naming
+    it (`world.seed=-1: must be an integer in 0..9223372036854775807`); sizes and counts have upper
+    limits (`MAX_SIDE`, `MAX_THUMBNAILS`, ...) so that one run cannot exhaust memory or disk.
     """
 
     n_thumbnails: int = 4000
@@ -58,32 +94,53 @@ class WorldConfig:
     def __post_init__(self) -> None:
         # Hydra and JSON hand over dicts and lists; keep the frozen config hashable and ordered.
         effects = self.effects.items() if isinstance(self.effects, Mapping) else self.effects
-        object.__setattr__(self, "effects", tuple((str(m), float(e)) for m, e in effects))
-        object.__setattr__(self, "confounded", tuple(str(m) for m in self.confounded))
-        object.__setattr__(self, "years", tuple(int(y) for y in self.years))
-        problems = []
-        if self.n_thumbnails < 1:
-            problems.append(f"n_thumbnails must be >= 1, got {self.n_thumbnails}")
-        if self.width < 16 or self.height < 16:
-            problems.append(f"width and height must be >= 16, got {self.width}x{self.height}")
-        if self.n_channels < 1:
-            problems.append(f"n_channels must be >= 1, got {self.n_channels}")
-        if self.n_reference_per_class < 0:
-            problems.append(f"n_reference_per_class must be >= 0, got {self.n_reference_per_class}")
+        try:
+            object.__setattr__(self, "effects", tuple((str(m), _number(f"effects.{m}", e)) for m, e in effects))
+            object.__setattr__(self, "confounded", tuple(str(m) for m in self.confounded))
+            object.__setattr__(self, "years", tuple(_integer("years", y, 1, 9998) for y in self.years))
+        except (TypeError, ValueError):
+            raise ThumbsaeError(
+                "world.effects / world.confounded / world.years: expected a motif -> factor mapping, "
+                "a list of motifs and [first, last] years"
+            ) from None
+        _integer("n_thumbnails", self.n_thumbnails, 1, MAX_THUMBNAILS)
+        _integer("width", self.width, MIN_SIDE, MAX_SIDE)
+        _integer("height", self.height, MIN_SIDE, MAX_SIDE)
+        _integer("n_channels", self.n_channels, 1, MAX_CHANNELS)
+        _integer("n_reference_per_class", self.n_reference_per_class, 0, MAX_REFERENCE_PER_CLASS)
+        _integer("seed", self.seed, 0, 2**63 - 1)
+        if not isinstance(self.null, bool):
+            raise ThumbsaeError(f"world.null={self.null!r}: must be true or false")
+        if self.workers is not None:
+            _integer("workers", self.workers, 1, 256)
+        _integer("png_compress_level", self.png_compress_level, 0, 9)
         if len(self.years) != 2 or self.years[0] > self.years[1]:
-            problems.append(f"years must be (first, last) with first <= last, got {self.years}")
-        unknown = [m for m, _ in self.effects if m not in MOTIFS]
-        unknown += [m for m in self.confounded if m not in MOTIFS]
+            raise ThumbsaeError(f"world.years={list(self.years)}: must be [first, last] with first <= last")
+        unknown = [m for m, _ in self.effects if m not in MOTIFS] + [m for m in self.confounded if m not in MOTIFS]
         if unknown:
-            problems.append(f"unknown motif(s) {unknown}; expected names from {', '.join(MOTIFS)}")
-        if any(e <= 0 for _, e in self.effects):
-            problems.append("effects are multiplicative factors and must be > 0")
+            raise ThumbsaeError(f"world: unknown motif(s) {unknown}; expected names from {', '.join(MOTIFS)}")
+        for motif, effect in self.effects:
+            if not MIN_EFFECT <= effect <= MAX_EFFECT:
+                raise ThumbsaeError(
+                    f"world.effects.{motif}={effect:g}: a multiplicative factor must be in {MIN_EFFECT:g}..{MAX_EFFECT:g}"
+                )
         if set(self.confounded) & {m for m, _ in self.effects}:
-            problems.append("a confounded motif must have no effect of its own")
-        if not 0 <= self.png_compress_level <= 9:
-            problems.append(f"png_compress_level must be in 0..9, got {self.png_compress_level}")
-        if problems:
-            raise ThumbsaeError("bad world config: " + "; ".join(problems))
+            raise ThumbsaeError("world.confounded: a confounded motif must have no effect of its own")
+        for key, lo, hi in _FLOAT_RANGES:
+            value = _number(key, getattr(self, key))
+            if not lo <= value <= hi:
+                raise ThumbsaeError(f"world.{key}={value:g}: must be a number in {lo:g}..{hi:g}")
+        # exp(log-views) must fit int64 (about e^43): bound the largest log-views the model can draw.
+        span = self.years[1] - self.years[0] + 1
+        largest = (
+            abs(self.base) + 8 * self.channel_sd + abs(self.age_effect_per_year) * span
+            + sum(abs(math.log(e)) for _, e in self.effects) + abs(self.warmth_effect) + 8 * self.noise_sd
+        )
+        if largest > 40:
+            raise ThumbsaeError(
+                f"world: base, channel_sd, noise_sd, effects and age_effect_per_year x {span} years allow "
+                f"log-views up to {largest:.0f}; views over e^40 do not fit a 64-bit count"
+            )
 
     @property
     def size(self) -> tuple[int, int]:

@@ -35,6 +35,9 @@ THUMBNAIL_COLUMNS = [
 ]
 REFERENCE_COLUMNS = ["video_id", "image", "label", "scene", "warmth"]
 WORLD_FILES = ("thumbnails.csv", "reference.csv", "ground_truth.json")
+# Written into every world: only a folder holding it (as written) is ever replaced by a new world.
+WORLD_MARKER = ".thumbsae-world"
+_MARKER_TEXT = '{"written_by": "thumbsae world", "format": 1}\n'
 _CHUNK = 64  # images per pool task: enough to hide the inter-process overhead
 _POOL_FROM_PIXELS = 20_000_000  # below this (~400 images at 224 px) starting a pool costs more
 
@@ -100,8 +103,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, index=False, lineterminator="\n", float_format="%.3f")
 
 
-def _is_world(folder: Path) -> bool:
-    return any((folder / name).exists() for name in WORLD_FILES)
+def is_generated_world(folder: Path) -> bool:
+    """True when `folder` holds the marker `generate_world` writes (a regular file, as written)."""
+    marker = Path(folder) / WORLD_MARKER
+    try:
+        return marker.is_file() and not marker.is_symlink() and marker.read_text() == _MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -126,15 +134,21 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> Path:
     Writes `thumbnails.csv` (video_id, image, views, channel_id, upload_date, title, motifs
     `;`-joined, scene, warmth), `reference.csv` (video_id, image, label, scene, warmth),
     `images/thumbnails/*.png`, `images/reference/*.png` and `ground_truth.json`; image paths are
-    relative to `out_dir`. An existing world in `out_dir` is replaced as a whole; any other
-    non-empty folder there is an error (nothing is overwritten).
+    relative to `out_dir`, and the marker `.thumbsae-world`. `out_dir` is replaced as a whole only
+    when it is empty or holds that marker (a world this function wrote); any other folder, or a
+    file, is refused with a `ThumbsaeError` and left untouched.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ThumbsaeError(f"{out_dir}: exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_world(out_dir):
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise ThumbsaeError(f"{out_dir}: exists and is not a folder; choose an empty or new --out")
+    try:
+        occupied = out_dir.is_dir() and any(out_dir.iterdir())
+    except OSError as err:
+        raise ThumbsaeError(f"{out_dir}: cannot list folder ({err.strerror})") from None
+    if occupied and not is_generated_world(out_dir):
         raise ThumbsaeError(
-            f"{out_dir}: folder is not empty and holds no world; choose another --out"
+            f"{out_dir}: folder is not empty and is not a world written by `thumbsae world` "
+            f"(no {WORLD_MARKER} marker); nothing was changed, choose an empty or new --out"
         )
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +168,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> Path:
         (tmp / "ground_truth.json").write_text(
             json.dumps(plan.ground_truth, indent=2, sort_keys=True) + "\n"
         )
+        (tmp / WORLD_MARKER).write_text(_MARKER_TEXT)
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
         if out_dir.exists():
             os.replace(out_dir, old)  # two renames: out_dir is never a half-written world
