@@ -1,4 +1,4 @@
-"""`thumbsae ...` sub-commands: world, fetch, rank, compare.
+"""`thumbsae ...` sub-commands: world, fetch, import, rank, export, compare.
 
 Each sub-command composes its config from the same `conf/` tree as `train.py` (`conf/<command>.yaml`),
 takes Hydra `key=value` overrides after its arguments (`thumbsae rank v.mp4 ... video.n_candidates=8`),
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from thumbsae.config import build, compose, override_keys, refuse_overrides
+from thumbsae.config import build, compose, refuse_overrides
 from thumbsae.errors import ThumbsaeError
 
 # `key=value`, `+key=value`, `~key`, `group=option`: what Hydra takes on a command line.
@@ -67,6 +67,7 @@ def _fetch(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
+    from thumbsae.tasks.sae_source import refuse_storage_settings
     from thumbsae.video import run_rank
 
     cfg = _compose(
@@ -75,11 +76,7 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
          "video.n_candidates": args.candidates, "channel_id": args.channel, "progress": False if args.no_progress else None},
     )
     video = build(cfg.video, "video")
-    hook_keys = [f"activations.{k}" for k in ("layer", "tokens", "fit")]
-    refuse_overrides(
-        [o for o in overrides if override_keys([o])[0] not in hook_keys], ["activations"],
-        why="rank reads only activations.layer, tokens and fit, for an SAE folder that does not name its hook",
-    )
+    refuse_storage_settings(overrides, "rank")
     if _names_its_clip(Path(cfg.sae_dir)):
         refuse_overrides(overrides, ["model", "activations"], why=f"{cfg.sae_dir} names the CLIP model and hook it was trained on")
     run_rank(
@@ -106,6 +103,17 @@ def _names_its_clip(sae_dir: Path) -> bool:
             continue
         return isinstance(config, dict) and isinstance(config.get("clip"), dict) and isinstance(config.get("hook"), dict)
     return False
+
+
+def _export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from thumbsae.sae.formats import export_sae
+    from thumbsae.tasks.sae_source import hook_defaults, refuse_storage_settings
+
+    refuse_storage_settings(overrides, "export")
+    cfg = _compose("export", overrides, {"sae_dir": args.sae_dir, "format": args.format, "out": args.out})
+    out = export_sae(Path(cfg.sae_dir), str(cfg.format), Path(cfg.out), hook_defaults=hook_defaults(cfg, overrides))
+    print(f"wrote {out} ({cfg.format})")
+    return 0
 
 
 def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -162,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--candidates", type=int, default=None, help="number of candidate stills (video.n_candidates)")
     rank.add_argument("--channel", default=None, help="channel id, for channel-relative scores (channel_id)")
     rank.add_argument("--no-progress", action="store_true", help="no progress bar (progress=false)")
+
+    export = command("export", _export, "write an SAE as a SAELens or sparsify folder (conf/export.yaml)")
+    export.add_argument("sae_dir", help="an SAE folder (ours, SAELens or sparsify)")
+    export.add_argument("--format", required=True, choices=("saelens", "sparsify"))
+    export.add_argument("--out", required=True)
 
     compare = command("compare", _compare, "compare SAE runs across sizes and architectures (conf/compare.yaml)")
     compare.add_argument("runs", nargs="+", help="run folders (each with sae/ and metrics.json)")

@@ -21,6 +21,7 @@ from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
+from thumbsae.tasks.sae_source import HOOK_KEYS, hook_defaults, refuse_hook_settings
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
 
 
@@ -45,13 +46,11 @@ def resolve_sae_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
 
 
 def hook_from_sae(cfg: DictConfig, sae_config: dict, overrides: Sequence[str]) -> tuple[ClipConfig, HookConfig]:
-    """The CLIP model and hook an SAE was trained on (from its `config.json`), with this run's
-    storage settings. An SAE is only meaningful on its own activations, so overriding the model or
-    the layer, token or fit for one that names them is refused."""
-    refuse_overrides(overrides, ["model", *(f"activations.{k}" for k in ("layer", "tokens", "fit"))],
-                     why="the SAE's config.json names the CLIP model and hook it was trained on")
-    clip_cfg = build({"_target_": "thumbsae.activations.config.ClipConfig", **sae_config["clip"]}, "clip (SAE config.json)")
-    hook_values = {**to_plain(cfg.activations), **{k: sae_config["hook"][k] for k in ("layer", "tokens", "fit")}}
+    """The CLIP model and hook an SAE was trained on, with this run's storage settings
+    (`activations.dtype`, `cache_dir`, stores)."""
+    refuse_hook_settings(sae_config, overrides)
+    clip_cfg = build({"_target_": "thumbsae.activations.config.ClipConfig", **sae_config["clip"]}, "clip (SAE config)")
+    hook_values = {**to_plain(cfg.activations), **{k: sae_config["hook"][k] for k in HOOK_KEYS}}
     return clip_cfg, build(hook_values, "activations")
 
 
@@ -83,7 +82,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_world(cfg)
     sae_dir = resolve_sae_dir(cfg, overrides)
-    sae, sae_config = load_sae(sae_dir)
+    sae, sae_config = load_sae(sae_dir, hook_defaults=hook_defaults(cfg, overrides))
     clip_cfg, hook = hook_from_sae(cfg, sae_config, overrides)
     clip = clip_cfg.load()
 
