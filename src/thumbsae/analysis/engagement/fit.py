@@ -285,8 +285,9 @@ def pair_win_curve(
     Learned out of fold on random pairs of training thumbnails of one channel (both orders, so
     the curve is symmetric: g(-d) = 1 - g(d)), by isotonic regression of the outcome (1 won, 0
     lost, 0.5 tied) on d. It carries the shrinkage of penalised scores, the spread of what the
-    latents leave unexplained, and how that spread grows with d. Returns (d knots `[K]`
-    ascending, g `[K]`); without any pair, the flat curve (0, 0.5).
+    latents leave unexplained, and how that spread grows with d. g stays within 1 / (m + 2) of 0
+    and 1 (m: thumbnails in the pairs), so no pair is ever called certain. Returns (d knots
+    `[K]` ascending, g `[K]`); without any pair, the flat curve (0, 0.5).
     """
     i_P, j_P = _pairs_within_groups(groups_N, y_N.size, n_pairs, rng)
     if i_P.size == 0:
@@ -299,7 +300,9 @@ def pair_win_curve(
     g = curve.predict(knots)
     # Exact symmetry (the fit is symmetric up to ties at the knots): average g(d) and 1 - g(-d).
     g = 0.5 * (g + 1.0 - curve.predict(-knots))
-    return knots, g
+    # Never certain: the rule of succession over the m thumbnails the pairs came from.
+    m = np.unique(np.r_[i_P, j_P]).size
+    return knots, np.clip(g, 1.0 / (m + 2), 1.0 - 1.0 / (m + 2))
 
 
 def _resampled_rows(groups_N: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
