@@ -1,13 +1,14 @@
 """How well calibrated are the engagement model's pairwise probabilities ("#1 beats #2 with p")?
 
-On worlds with known truth: the model is fitted (with its bootstrap refits over training
-channels) and, on the thumbnails of its held-out channels, every pair within a channel is
-oriented as a ranking shows it (the model's pick first). Pairs are binned by their stated
-probability p (deciles); in each bin the share of pairs whose first thumbnail truly has the higher
-expected log views (the world's motif effects + warmth, i.e. channel, upload date and noise held
-fixed, as for two stills of one video) is compared with the mean p. Anchor: the 0.05 limit per
-decile. `ratio` = 0.05 / max gap over deciles with >= --min-pairs pairs (>= 1 meets the target);
-`ece` (pair-weighted mean |gap|) is printed beside it.
+On worlds with known truth: the model is fitted (bootstrap refits over training channels, the
+out-of-fold win curve) and, on the thumbnails of its held-out channels, every pair within a
+channel is oriented as a ranking shows it (the model's pick first). Pairs are binned by their
+stated probability p (deciles); in each bin the share of pairs whose first thumbnail truly wins is
+compared with the mean p. Truth: the realised views (what p promises, and the only truth real
+data has); the world's noise-free expected log views (motif effects + warmth: channel, upload
+date and the video's own luck held fixed, as for two stills of one video) are reported beside it,
+where p is conservative by design. Anchor: the 0.05 limit per decile. `ratio` = 0.05 / max gap
+over deciles with >= 200 pairs (>= 1 meets the target); `ece` (pair-weighted mean |gap|) beside it.
 
 Two sources of latents:
 - default: `--worlds` planned worlds (`plan_world`: the world's real generative model of views,
@@ -111,23 +112,21 @@ def finished_run(run: Path, world: Path, seed: int, n_bootstrap: int) -> tuple[d
 
 
 def pooled(calibs: list) -> tuple[float, float, int, pd.DataFrame]:
-    """(ECE, max gap over counted bins, pairs, table) of several worlds' pairs together."""
-    table = sum((c.table[["n_pairs"]].assign(p_sum=c.table["mean_p"].fillna(0) * c.table["n_pairs"],
-                                             win_sum=c.table["win_rate"].fillna(0) * c.table["n_pairs"])
-                 for c in calibs[1:]),
-                calibs[0].table[["n_pairs"]].assign(p_sum=calibs[0].table["mean_p"].fillna(0) * calibs[0].table["n_pairs"],
-                                                    win_sum=calibs[0].table["win_rate"].fillna(0) * calibs[0].table["n_pairs"]))
-    out = calibs[0].table[["bin_lo", "bin_hi"]].copy()
-    out["n_pairs"] = table["n_pairs"]
-    n = table["n_pairs"].where(table["n_pairs"] > 0)
-    out["mean_p"] = table["p_sum"] / n
-    out["win_rate"] = table["win_sum"] / n
-    out["gap"] = out["win_rate"] - out["mean_p"]
-    out["counted"] = out["n_pairs"] >= calibs[0].min_pairs
-    total = int(out["n_pairs"].sum())
-    ece = float((out["gap"].abs() * out["n_pairs"]).sum() / total)
-    max_gap = float(out.loc[out["counted"], "gap"].abs().max())
-    return ece, max_gap, total, out
+    """(ECE, max gap over counted bins, pairs, table) of several worlds' pairs taken together."""
+    n_K = sum(c.table["n_pairs"].to_numpy() for c in calibs)
+    p_sum_K = sum((c.table["mean_p"].fillna(0) * c.table["n_pairs"]).to_numpy() for c in calibs)
+    win_sum_K = sum((c.table["win_rate"].fillna(0) * c.table["n_pairs"]).to_numpy() for c in calibs)
+    filled = n_K > 0
+    table = calibs[0].table[["bin_lo", "bin_hi"]].assign(
+        n_pairs=n_K,
+        mean_p=np.where(filled, p_sum_K / np.maximum(n_K, 1), np.nan),
+        win_rate=np.where(filled, win_sum_K / np.maximum(n_K, 1), np.nan),
+    )
+    table["gap"] = table["win_rate"] - table["mean_p"]
+    table["counted"] = n_K >= calibs[0].min_pairs
+    total = int(n_K.sum())
+    ece = float(np.nansum(np.abs(table["gap"]) * n_K) / total)
+    return ece, float(table.loc[table["counted"], "gap"].abs().max()), total, table
 
 
 def main() -> None:
