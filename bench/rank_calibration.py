@@ -82,11 +82,10 @@ def planned_worlds(n_worlds: int, n_thumbnails: int, n_bootstrap: int) -> tuple[
         model, metrics = fit_engagement_model(latents, target.values, groups=target.groups, seed=w, config=cfg)
         info["fit_seconds"] += time.perf_counter() - start
         info["spearman_test"].append(round(float(metrics["spearman_test"]), 4))
-        for truth in stated:
-            calib = held_out_pair_calibration(
+        for truth, calibs in stated.items():
+            calibs.append(held_out_pair_calibration(
                 model, latents, table, seed=w, config=cfg, ground_truth=plan.ground_truth, truth=truth
-            )
-            stated[truth].append(calib)
+            ))
     return stated, info
 
 
@@ -135,7 +134,9 @@ def main() -> None:
     parser.add_argument("--thumbnails", type=int, default=4000)
     parser.add_argument("--bootstrap", type=int, default=100)
     parser.add_argument("--run", type=Path, default=None, help="an evaluate.py output folder on a world")
-    parser.add_argument("--world", type=Path, default=None, help="the world folder of --run (thumbnails.csv, ground_truth.json)")
+    parser.add_argument(
+        "--world", type=Path, default=None, help="the world folder of --run (thumbnails.csv, ground_truth.json)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="the seed evaluate used (--run)")
     args = parser.parse_args()
 

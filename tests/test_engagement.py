@@ -77,6 +77,10 @@ def _tamper_config(folder, change):
     (folder / "config.json").write_text(json.dumps(config))
 
 
+def _write_weights(folder, data: bytes):
+    (folder / "model.safetensors").write_bytes(data)
+
+
 def _tamper_tensors(folder, change):
     tensors = load_file(str(folder / "model.safetensors"))
     change(tensors)
@@ -93,12 +97,13 @@ TAMPERING = {
         f, lambda c: c.update(features={"3": {"examples": [1, 2]}}))),
     "n_latents text": ("config.json", "'n_latents'", lambda f: _tamper_config(f, lambda c: c.update(n_latents="120"))),
     "interval gone": ("config.json", "'interval.level'", lambda f: _tamper_config(f, lambda c: c.pop("interval"))),
-    "target kind": ("config.json", "'target_kind'", lambda f: _tamper_config(f, lambda c: c.update(target_kind="views"))),
+    "target kind": ("config.json", "'target_kind'", lambda f: _tamper_config(
+        f, lambda c: c.update(target_kind="views"))),
     "weights missing": ("model.safetensors missing", "", lambda f: (f / "model.safetensors").unlink()),
-    "weights truncated": ("model.safetensors", "not a readable safetensors", lambda f: (f / "model.safetensors").write_bytes(
-        (f / "model.safetensors").read_bytes()[:100])),
-    "weights a pickle": ("model.safetensors", "not a readable safetensors", lambda f: (f / "model.safetensors").write_bytes(
-        pickle.dumps({"coef": [1.0]}))),
+    "weights truncated": ("model.safetensors", "not a readable safetensors", lambda f: _write_weights(
+        f, (f / "model.safetensors").read_bytes()[:100])),
+    "weights a pickle": ("model.safetensors", "not a readable safetensors", lambda f: _write_weights(
+        f, pickle.dumps({"coef": [1.0]}))),
     "coef missing": ("model.safetensors", "tensor 'coef'", lambda f: _tamper_tensors(f, lambda t: t.pop("coef"))),
     "coef wrong type": ("model.safetensors", "tensor 'coef'", lambda f: _tamper_tensors(
         f, lambda t: t.update(coef=t["coef"].astype(np.int64)))),
@@ -210,7 +215,8 @@ def test_world_truth_is_the_pictures_share_of_expected_log_views():
     effects = plan.ground_truth["motif_effects"]
     for k in (0, 7, 33):
         row = plan.thumbnails.iloc[k]
-        expected = sum(effects[m] for m in row["motifs"].split(";")) + plan.ground_truth["warmth_effect"] * row["warmth"]
+        warmth = plan.ground_truth["warmth_effect"] * row["warmth"]
+        expected = sum(effects[m] for m in row["motifs"].split(";")) + warmth
         assert truth[k] == pytest.approx(expected)
     null = plan_world(WorldConfig(n_thumbnails=60, seed=4, null=True))
     assert not world_expected_log_views(null.thumbnails, null.ground_truth).any()
@@ -224,8 +230,9 @@ def test_reliability_plot_and_csv_are_written_the_same_twice(tmp_path):
     rng = np.random.default_rng(0)
     p = rng.uniform(0.5, 1.0, 3000)
     calib = reliability(p, (rng.random(3000) < p).astype(float), truth="synthetic")
-    first = write_pair_calibration(tmp_path / "a", calib.table, ece=calib.ece, max_gap=calib.max_gap, truth=calib.truth)
-    second = write_pair_calibration(tmp_path / "b", calib.table, ece=calib.ece, max_gap=calib.max_gap, truth=calib.truth)
+    numbers = {"ece": calib.ece, "max_gap": calib.max_gap, "truth": calib.truth}
+    first = write_pair_calibration(tmp_path / "a", calib.table, **numbers)
+    second = write_pair_calibration(tmp_path / "b", calib.table, **numbers)
     assert sorted(first) == ["pair_calibration.csv", "pair_calibration.png"]
     assert first["pair_calibration.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in first:

@@ -37,7 +37,7 @@ def fixture(views=None) -> tuple[sp.csr_matrix, pd.DataFrame]:
 
 
 def cfg(**overrides) -> EvalConfig:
-    base = dict(group_size=3, n_side=1, threshold=0.05, n_null=20_000, n_permutations=20, n_bootstrap=100)
+    base = {"group_size": 3, "n_side": 1, "threshold": 0.05, "n_null": 20_000, "n_permutations": 20, "n_bootstrap": 100}
     return EvalConfig(**{**base, **overrides})
 
 

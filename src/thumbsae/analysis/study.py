@@ -184,6 +184,11 @@ class _Analysis:
     nulls: dict
 
 
+def _median_kind(cfg: EvalConfig) -> st.Statistic:
+    """The median convention of `cfg` for medians that are medians whatever the statistic."""
+    return "median_lower" if cfg.median == "lower" else "median"
+
+
 def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), stream]))
 
@@ -245,7 +250,7 @@ def _analyse(
     ranked = st.RankedValues.of(values_N)
     statistic = cfg.statistic_kind
     g, k = others_GK.shape
-    median = st.statistic_of(values_N, "median_lower" if cfg.median == "lower" else "median")
+    median = st.statistic_of(values_N, _median_kind(cfg))
 
     def lift(stat):
         return np.exp(np.asarray(stat) - median) if log_scale else np.asarray(stat) / median
@@ -507,7 +512,7 @@ def run_feature_study(latents: sp.spmatrix, table: pd.DataFrame, cfg: EvalConfig
         "n_zero_median_dropped": n_zero_median,
         "group_size": int(cfg.group_size),
         "threshold": float(cfg.threshold),
-        "dataset_median_views": st.statistic_of(views_N, "median_lower" if cfg.median == "lower" else "median"),
+        "dataset_median_views": st.statistic_of(views_N, _median_kind(cfg)),
         "adjust": cfg.adjust,
         "primary": "adjusted" if adjusted is not None else "raw",
         "sides_split": split,

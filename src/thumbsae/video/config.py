@@ -50,5 +50,6 @@ class VideoConfig:
             raise ThumbsaeError("video.analysis_width and video.still_max_side must be >= 32")
         if self.pool not in (None, "max", "mean"):
             raise ThumbsaeError(f"video.pool must be max, mean or null, got {self.pool!r}")
-        if isinstance(self.close_call, bool) or not isinstance(self.close_call, (int, float)) or not 0.5 <= self.close_call <= 1.0:
+        close_call = self.close_call
+        if isinstance(close_call, bool) or not isinstance(close_call, (int, float)) or not 0.5 <= close_call <= 1.0:
             raise ThumbsaeError(f"video.close_call={self.close_call!r}: must be a probability in [0.5, 1]")

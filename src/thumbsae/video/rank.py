@@ -151,7 +151,9 @@ class StillScorer:
                     up[:top_features], down[:top_features], every,
                 )
             )
-        order = sorted(range(len(ranked)), key=lambda i: (-ranked[i].score, _time_key(ranked[i].still), ranked[i].still.name))
+        order = sorted(
+            range(len(ranked)), key=lambda i: (-ranked[i].score, _time_key(ranked[i].still), ranked[i].still.name)
+        )
         if p_NN is None:
             return [ranked[i] for i in order]
         return [
@@ -308,11 +310,13 @@ def _pair_fields(ranked: Sequence[RankedStill], rank: int, close_call: float) ->
     item, first = ranked[rank - 1], ranked[0]
     p_next = item.beats[rank] if item.beats is not None and rank < len(ranked) else None
     p_first = first.beats[rank - 1] if first.beats is not None and rank > 1 else None
+    next_words = None if p_next is None else pair_verdict(p_next, close_call, better=f"#{rank}", worse=f"#{rank + 1}")
+    first_words = None if p_first is None else pair_verdict(p_first, close_call, better="#1", worse=f"#{rank}")
     return {
         "p_better_than_next": None if p_next is None else _round(p_next),
         "p_first_beats": None if p_first is None else _round(p_first),
-        "verdict_next": None if p_next is None else pair_verdict(p_next, close_call, better=f"#{rank}", worse=f"#{rank + 1}"),
-        "verdict_first": None if p_first is None else pair_verdict(p_first, close_call, better="#1", worse=f"#{rank}"),
+        "verdict_next": next_words,
+        "verdict_first": first_words,
     }
 
 
@@ -389,8 +393,9 @@ def run_rank(
     source: a video file, or a folder of images (drafts: each ranked, none filtered).
     Writes `out_dir/ranking.json` (list, best first: `rank, time_s, timecode, source, image,
     image_file, score, score_lo, score_hi, features [{feature, contribution, direction, name,
-    examples}], p_better_than_next, p_first_beats, verdict_next, verdict_first, beats_next, ...`), `out_dir/report.html`, `stills/` and `examples/`; an existing
-    `out_dir` is replaced only when all of it is written. Returns the records. Raises
+    examples}], p_better_than_next, p_first_beats, verdict_next, verdict_first, beats_next,
+    ...`), `out_dir/report.html`, `stills/` and `examples/`; an existing `out_dir` is replaced
+    only when all of it is written. Returns the records. Raises
     `ThumbsaeError` (bad video, bad folders, unwritable output) leaving no partial output.
     """
     from thumbsae.files import atomic_dir

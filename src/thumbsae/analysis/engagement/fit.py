@@ -18,8 +18,16 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Shuffl
 
 from thumbsae.analysis.engagement.baseline import ridge_baseline
 from thumbsae.analysis.engagement.config import TARGET_KINDS, EngagementConfig, Scaling
-from thumbsae.analysis.engagement.metrics import conformal_quantiles, pairwise_accuracy, spearman
-from thumbsae.analysis.engagement.model import BootstrapFits, EngagementModel, transform_latents
+from thumbsae.analysis.engagement.metrics import (
+    conformal_quantiles,
+    pairwise_accuracy,
+    spearman,
+)
+from thumbsae.analysis.engagement.model import (
+    BootstrapFits,
+    EngagementModel,
+    transform_latents,
+)
 from thumbsae.analysis.latents import LatentMatrix
 from thumbsae.errors import ThumbsaeError
 from thumbsae.jsonable import to_json_ready
@@ -158,7 +166,8 @@ def fit_engagement_model(
         log1p=cfg.log1p,
         target_kind=target_kind,
         bootstrap=None if boot is None else BootstrapFits(
-            feature_indices=candidates[boot[0]].astype(np.int64), scale=scale_C[boot[0]], coef=boot[1], intercept=boot[2],
+            feature_indices=candidates[boot[0]].astype(np.int64), scale=scale_C[boot[0]],
+            coef=boot[1], intercept=boot[2],
         ),
         pair_curve=pair_curve,
     )
@@ -193,7 +202,8 @@ def fit_engagement_model(
         "within_channel_pairwise_accuracy_baseline": None,
     }
     if baseline_embeddings is not None:
-        metrics.update(ridge_baseline(np.asarray(baseline_embeddings, dtype=np.float64), y_N, train, test, folds, g_test))
+        emb_NE = np.asarray(baseline_embeddings, dtype=np.float64)
+        metrics.update(ridge_baseline(emb_NE, y_N, train, test, folds, g_test))
     metrics = to_json_ready(metrics)
     return replace(model, metrics=metrics), metrics
 

@@ -130,7 +130,8 @@ def _feature_info(config: dict, model_dir: Path) -> dict[int, dict]:
     """`features` of config.json: feature id -> object, each `examples` a list of paths."""
     features = config.get("features", {})
     if not isinstance(features, dict):
-        raise _bad(model_dir, CONFIG_FILE, "'features'", f"must be an object of feature id -> object, got {type(features).__name__}")
+        got = type(features).__name__
+        raise _bad(model_dir, CONFIG_FILE, "'features'", f"must be an object of feature id -> object, got {got}")
     info = {}
     for key, value in features.items():
         if not (isinstance(key, str) and key.isdigit()):
@@ -139,7 +140,8 @@ def _feature_info(config: dict, model_dir: Path) -> dict[int, dict]:
             raise _bad(model_dir, CONFIG_FILE, f"'features.{key}'", f"must be an object, got {type(value).__name__}")
         examples = value.get("examples", [])
         if not isinstance(examples, list) or not all(isinstance(p, str) for p in examples):
-            raise _bad(model_dir, CONFIG_FILE, f"'features.{key}.examples'", f"must be a list of paths, got {examples!r:.80}")
+            got = repr(examples)[:80]
+            raise _bad(model_dir, CONFIG_FILE, f"'features.{key}.examples'", f"must be a list of paths, got {got}")
         name = value.get("name")
         if name is not None and not isinstance(name, str):
             raise _bad(model_dir, CONFIG_FILE, f"'features.{key}.name'", f"must be text, got {type(name).__name__}")
@@ -163,7 +165,9 @@ def _read_tensors(model_dir: Path) -> dict[str, np.ndarray]:
     try:
         return load_file(str(model_dir / MODEL_FILE))
     except (OSError, SafetensorError, ValueError) as e:
-        raise ThumbsaeError(f"{model_dir / MODEL_FILE}: corrupt engagement model: not a readable safetensors file ({e})") from None
+        raise ThumbsaeError(
+            f"{model_dir / MODEL_FILE}: corrupt engagement model: not a readable safetensors file ({e})"
+        ) from None
 
 
 def _tensor(tensors: dict, model_dir: Path, key: str, ndim: int, integer: bool = False) -> np.ndarray:
@@ -173,7 +177,8 @@ def _tensor(tensors: dict, model_dir: Path, key: str, ndim: int, integer: bool =
     kind_ok = np.issubdtype(value.dtype, np.integer) if integer else np.issubdtype(value.dtype, np.floating)
     if value.ndim != ndim or not kind_ok:
         want = "integer" if integer else "float"
-        raise _bad(model_dir, MODEL_FILE, f"tensor '{key}'", f"must be a {ndim}-D {want} array, got {value.dtype} {value.shape}")
+        got = f"{value.dtype} {value.shape}"
+        raise _bad(model_dir, MODEL_FILE, f"tensor '{key}'", f"must be a {ndim}-D {want} array, got {got}")
     if not integer and not np.all(np.isfinite(value)):
         raise _bad(model_dir, MODEL_FILE, f"tensor '{key}'", "has NaN or infinite values")
     return value.astype(np.int64 if integer else np.float64)
@@ -197,7 +202,8 @@ def _bootstrap(tensors: dict, model_dir: Path, n_latents: int) -> BootstrapFits 
     intercept = _tensor(tensors, model_dir, "bootstrap_intercept", 1)
     _features_in_range(features, n_latents, model_dir, "bootstrap_features")
     if scale.shape != features.shape or coef.shape != (intercept.shape[0], features.shape[0]) or not np.all(scale > 0):
-        raise _bad(model_dir, MODEL_FILE, "the bootstrap tensors", f"do not fit together (features {features.shape}, scale {scale.shape}, coef {coef.shape}, intercept {intercept.shape})")
+        shapes = f"features {features.shape}, scale {scale.shape}, coef {coef.shape}, intercept {intercept.shape}"
+        raise _bad(model_dir, MODEL_FILE, "the bootstrap tensors", f"do not fit together ({shapes})")
     return BootstrapFits(feature_indices=features, scale=scale, coef=coef, intercept=intercept)
 
 
@@ -207,8 +213,12 @@ def _pair_curve(tensors: dict, model_dir: Path) -> tuple[np.ndarray, np.ndarray]
         return None
     d = _tensor(tensors, model_dir, "pair_curve_d", 1)
     g = _tensor(tensors, model_dir, "pair_curve_p", 1)
-    if d.shape != g.shape or d.size == 0 or np.any(np.diff(d) <= 0) or np.any(np.diff(g) < 0) or g.min() < 0 or g.max() > 1:
-        raise _bad(model_dir, MODEL_FILE, "tensors 'pair_curve_d', 'pair_curve_p'", "must be one length, d increasing, p non-decreasing in [0, 1]")
+    shaped = d.shape == g.shape and d.size > 0
+    if not shaped or np.any(np.diff(d) <= 0) or np.any(np.diff(g) < 0) or g.min() < 0 or g.max() > 1:
+        raise _bad(
+            model_dir, MODEL_FILE, "tensors 'pair_curve_d', 'pair_curve_p'",
+            "must be one length, d increasing, p non-decreasing in [0, 1]",
+        )
     return d, g
 
 
@@ -230,7 +240,8 @@ def load_model(model_dir: str | os.PathLike) -> EngagementModel:
         raise _bad(model_dir, CONFIG_FILE, "'n_latents'", f"must be a whole number >= 1, got {n_latents!r}")
     target_kind = config.get("target_kind")
     if target_kind not in TARGET_KINDS:
-        raise _bad(model_dir, CONFIG_FILE, "'target_kind'", f"must be one of {', '.join(TARGET_KINDS)}, got {target_kind!r}")
+        allowed = ", ".join(TARGET_KINDS)
+        raise _bad(model_dir, CONFIG_FILE, "'target_kind'", f"must be one of {allowed}, got {target_kind!r}")
     level = _number(config, model_dir, "interval", "level")
     if not 0.0 < level < 1.0:
         raise _bad(model_dir, CONFIG_FILE, "'interval.level'", f"must be in (0, 1), got {level}")
@@ -249,9 +260,13 @@ def load_model(model_dir: str | os.PathLike) -> EngagementModel:
     intercept = _tensor(tensors, model_dir, "intercept", 1)
     quantiles = _tensor(tensors, model_dir, "residual_quantiles", 1)
     if not coef.shape == scale.shape == feature_indices.shape:
-        raise _bad(model_dir, MODEL_FILE, "tensors 'coef', 'scale', 'feature_indices'", f"must have one length, got {coef.shape}, {scale.shape}, {feature_indices.shape}")
+        got = f"{coef.shape}, {scale.shape}, {feature_indices.shape}"
+        keys = "tensors 'coef', 'scale', 'feature_indices'"
+        raise _bad(model_dir, MODEL_FILE, keys, f"must have one length, got {got}")
     if intercept.shape != (1,) or quantiles.shape != (2,):
-        raise _bad(model_dir, MODEL_FILE, "tensors 'intercept', 'residual_quantiles'", f"must hold 1 and 2 values, got {intercept.shape}, {quantiles.shape}")
+        got = f"{intercept.shape}, {quantiles.shape}"
+        keys = "tensors 'intercept', 'residual_quantiles'"
+        raise _bad(model_dir, MODEL_FILE, keys, f"must hold 1 and 2 values, got {got}")
     if not np.all(scale > 0):
         raise _bad(model_dir, MODEL_FILE, "tensor 'scale'", "must be > 0 everywhere")
     _features_in_range(feature_indices, n_latents, model_dir, "feature_indices")

@@ -92,7 +92,9 @@ class EngagementModel:
             )
         return x_NF
 
-    def _scaled(self, latents: Any, features: np.ndarray | None = None, scale: np.ndarray | None = None) -> sp.csr_matrix:
+    def _scaled(
+        self, latents: Any, features: np.ndarray | None = None, scale: np.ndarray | None = None
+    ) -> sp.csr_matrix:
         """Scaled activations of `features` (default: the used latents): csr float64 `[N, U]`."""
         features = self.feature_indices if features is None else features
         scale = self.scale if scale is None else scale

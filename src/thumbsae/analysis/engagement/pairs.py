@@ -95,12 +95,16 @@ class PairCalibration:
                 "truth": self.truth, "bins": bins}
 
 
-def reliability(p_P: np.ndarray, win_P: np.ndarray, *, n_bins: int = 10, min_pairs: int = 200, truth: str = "") -> PairCalibration:
+def reliability(
+    p_P: np.ndarray, win_P: np.ndarray, *, n_bins: int = 10, min_pairs: int = 200, truth: str = ""
+) -> PairCalibration:
     """Reliability table and calibration errors of stated probabilities `p_P` against outcomes
     `win_P` (1 won, 0 lost, 0.5 tie), both `[P]`. Bins are [k/n_bins, (k+1)/n_bins)."""
     p_P, win_P = np.asarray(p_P, dtype=np.float64), np.asarray(win_P, dtype=np.float64)
     if p_P.shape != win_P.shape or p_P.ndim != 1 or p_P.size == 0:
-        raise ThumbsaeError(f"reliability needs equal non-empty [P] probabilities and outcomes, got {p_P.shape}, {win_P.shape}")
+        raise ThumbsaeError(
+            f"reliability needs equal non-empty [P] probabilities and outcomes, got {p_P.shape}, {win_P.shape}"
+        )
     bin_P = np.minimum((p_P * n_bins).astype(np.int64), n_bins - 1)
     count_K = np.bincount(bin_P, minlength=n_bins)
     safe_K = np.maximum(count_K, 1)
@@ -157,14 +161,17 @@ def pair_calibration(
     samples_NB = model_samples(model, latents)
     score_N = model.predict(latents)[0]
     if not (outcome_N.shape == groups_N.shape == score_N.shape):
-        raise ThumbsaeError(f"pair_calibration: {score_N.size} latent rows, {outcome_N.size} outcomes, {groups_N.size} groups")
+        raise ThumbsaeError(
+            f"pair_calibration: {score_N.size} latent rows, {outcome_N.size} outcomes, {groups_N.size} groups"
+        )
     first, second = _pairs_within(groups_N)
     if first.size == 0:
         raise ThumbsaeError("pair_calibration: no two thumbnails share a channel")
     swap = score_N[second] > score_N[first]
     first, second = np.where(swap, second, first), np.where(swap, first, second)
     p_P = np.concatenate([
-        beat_probability(samples_NB[first[k : k + PAIR_CHUNK]] - samples_NB[second[k : k + PAIR_CHUNK]], model.pair_curve)
+        beat_probability(samples_NB[first[k : k + PAIR_CHUNK]] - samples_NB[second[k : k + PAIR_CHUNK]],
+                         model.pair_curve)
         for k in range(0, first.size, PAIR_CHUNK)
     ])
     diff_P = outcome_N[first] - outcome_N[second]
@@ -184,7 +191,7 @@ def world_expected_log_views(table: pd.DataFrame, ground_truth: dict) -> np.ndar
         return np.zeros(len(table))  # the views were permuted: no picture changes them
     for column in ("motifs", "warmth"):
         if column not in table.columns:
-            raise ThumbsaeError(f"world truth: the thumbnails table has no '{column}' column (not a world manifest?)")
+            raise ThumbsaeError(f"world truth: the thumbnails table has no '{column}' column (not a world manifest)")
     effects = ground_truth.get("motif_effects")
     if not isinstance(effects, dict):
         raise ThumbsaeError("world truth: ground_truth.json has no 'motif_effects' object")
@@ -219,7 +226,7 @@ def held_out_pair_calibration(
         raise ThumbsaeError("pair calibration needs a 'channel_id' column: pairs are compared within a channel")
     cfg = config or EngagementConfig()
     groups = table["channel_id"].astype(str).to_numpy()
-    _, test, split = split_by_channel(groups, n=len(table), test_fraction=cfg.test_fraction, seed=seed)
+    _, test, _ = split_by_channel(groups, n=len(table), test_fraction=cfg.test_fraction, seed=seed)
     if truth == "views":
         outcome, label = table["views"].to_numpy(dtype=np.float64), "realised views (held-out channels)"
     elif truth == "expected":
