@@ -115,8 +115,9 @@ class EngagementModel:
     def score_samples(self, latents: Any) -> np.ndarray | None:
         """float64 `[N, B]`: each thumbnail's score under each bootstrap refit (None without refits).
 
-        Differences of rows are draws of the difference of two thumbnails' scores, so the
-        probability that one beats another is read from them (`pairs.beat_probability`).
+        Each row is centred on the thumbnail's fitted score (the refits give the spread; an
+        L1 refit's mean is pulled towards zero where a latent drops out). Differences of rows are
+        draws of the difference of two thumbnails' scores (`pairs.beat_probability`).
         """
         if self.bootstrap is None:
             return None

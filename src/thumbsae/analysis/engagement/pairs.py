@@ -6,7 +6,9 @@ pictures. The difference of their scores is uncertain in two ways, and both ente
   channels (`EngagementModel.score_samples`); the intercept and the channel cancel in it;
 - what a score difference means in views: the win curve g(d) = P(y_A > y_B | d), learned out of
   fold on pairs of training thumbnails of one channel (`EngagementModel.pair_curve`, isotonic).
-So P(A beats B) = mean over refits of g(d_b). Both parts come from the training data alone.
+So P(A beats B) = mean over refits of g(d_b). Both parts come from the training data alone. The
+out-of-fold curve already carries some estimation error, so the average over refits leans towards
+0.5: where the two disagree, the stated probability is the cautious one.
 
 "Truly better", for calibration: the realised views of held-out channels' thumbnails, compared
 within a channel. It is the only truth a real dataset has, so the same check runs on any data with
