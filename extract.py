@@ -1,6 +1,7 @@
 """Extract CLIP activations of an image set into a shard store (the DVC `extract_*` stages).
 
     python extract.py source=data/world/reference.csv kind=images out=data/stores/train
+    torchrun --nproc-per-node N extract.py ...     # N processes share the shards of one store
 
 Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract_store`.
 """
@@ -16,18 +17,24 @@ from thumbsae.errors import ThumbsaeError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
+    from thumbsae.activations.distributed import extraction_group
     from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
     from thumbsae.tasks.extract import extract_store
 
     try:
-        ensure_world(cfg)
-        ensure_world_clip(cfg)
-        out = Path(cfg.out)
-        store, _ = extract_store(cfg, cfg.source, kind=cfg.kind, rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
+        # Under torchrun every rank runs this; a gloo group lets them share the shards.
+        with extraction_group() as ranks:
+            if ranks.is_main:
+                ensure_world(cfg)
+                ensure_world_clip(cfg)
+            ranks.barrier()
+            out = Path(cfg.out)
+            store, _ = extract_store(cfg, cfg.source, kind=cfg.kind, rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
     except ThumbsaeError as err:
         print(f"extract.py: error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(f"wrote {store.path}: {store.n} rows x {store.d}")
+    if ranks.is_main:
+        print(f"wrote {store.path}: {store.n} rows x {store.d}")
 
 
 if __name__ == "__main__":
