@@ -108,7 +108,8 @@ def test_tail_from_the_cached_residual_equals_running_the_whole_tower(tiny_clip,
     got, expected = fast.evaluate(sae), whole.evaluate(sae)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
-        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+        if not key.endswith("time_s"):
+            assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
 def test_the_trunk_runs_once_and_later_evaluations_run_only_the_blocks_after_the_hook(tiny_clip):
@@ -134,3 +135,4 @@ def test_the_trunk_runs_once_and_later_evaluations_run_only_the_blocks_after_the
     assert second["contrastive_loss_ablated"] == first["contrastive_loss_ablated"]
     assert second["contrastive_loss_spliced"] != first["contrastive_loss_spliced"]
     assert ev.seconds["prepare"] > 0 and ev.seconds["evaluate"] > 0
+    assert second["splice_prepare_time_s"] == first["splice_prepare_time_s"] == ev.seconds["prepare"]

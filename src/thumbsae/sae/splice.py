@@ -241,7 +241,8 @@ class SpliceEvaluator:
     def evaluate(self, sae: nn.Module) -> dict[str, float]:
         """Metrics for `sae` (anything with `encode(x_BD)` and `decode(acts, indices)` on raw
         activations): `zero_shot_acc_{original,spliced,ablated}`,
-        `contrastive_loss_{original,spliced,ablated}` and `loss_recovered`."""
+        `contrastive_loss_{original,spliced,ablated}`, `loss_recovered`, and the seconds
+        `splice_prepare_time_s` (the one-off trunk pass) and `splice_time_s` (this evaluation)."""
         device = next(sae.parameters()).device
         self.model.to(device)
         was_training = sae.training
@@ -268,4 +269,7 @@ class SpliceEvaluator:
         gap = out["contrastive_loss_ablated"] - out["contrastive_loss_original"]
         recovered = (out["contrastive_loss_ablated"] - out["contrastive_loss_spliced"]) / gap if abs(gap) > 1e-12 else float("nan")
         out["loss_recovered"] = recovered
+        # What the metrics cost (train.py moves "time" keys to timing.json): the one-off trunk pass, this call.
+        out["splice_prepare_time_s"] = self.seconds["prepare"]
+        out["splice_time_s"] = self.seconds["evaluate"]
         return out
