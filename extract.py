@@ -1,6 +1,7 @@
 """Extract CLIP activations of an image set into a shard store (the DVC `extract_*` stages).
 
     python extract.py source=data/world/reference.csv kind=images out=data/stores/train
+    torchrun --nproc-per-node N extract.py ...     # N processes share the shards of one store
 
 Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract`.
 """
@@ -16,8 +17,8 @@ def main(cfg: DictConfig) -> None:
     from thumbsae.tasks.extract import extract
 
     def task() -> str:
-        store = extract(cfg)
-        return f"wrote {store.path}: {store.n} rows x {store.d}"
+        store, is_main = extract(cfg)
+        return f"wrote {store.path}: {store.n} rows x {store.d}" if is_main else ""
 
     run_task("extract.py", task)
 

@@ -31,12 +31,14 @@ def check_command_line(script: str, config_name: str, argv: list[str] | None = N
 
 
 def run_task(script: str, task: Callable[[], str]) -> None:
-    """Run `task`; print what it returns, or its `ThumbsaeError` as one line with exit status 2."""
+    """Run `task`; print what it returns (if anything), or its `ThumbsaeError` as one line with exit
+    status 2."""
     try:
         message = task()
     except ThumbsaeError as err:
         fail(script, err)
-    print(message)
+    if message:
+        print(message)
 
 
 def fail(script: str, err: Exception) -> NoReturn:

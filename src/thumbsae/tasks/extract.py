@@ -64,9 +64,12 @@ def extract_store(
     return store, images
 
 
-def extract(cfg) -> "ActivationStore":  # noqa: F821 - imported lazily
+def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported lazily
     """`python extract.py`: the store of `source` (`kind` images|thumbnails|reference) at `out`;
-    rejects go to `<out>_rejects.csv` beside it."""
+    rejects go to `<out>_rejects.csv` beside it. Under torchrun every rank runs this and the ranks
+    share the shards (one store, read as a single process would write it). Returns the store and
+    whether this process is the main one."""
+    from thumbsae.activations.distributed import extraction_group
     from thumbsae.config import build
     from thumbsae.data import KINDS
     from thumbsae.errors import ThumbsaeError
@@ -80,8 +83,11 @@ def extract(cfg) -> "ActivationStore":  # noqa: F821 - imported lazily
     if not cfg.source:
         raise ThumbsaeError("source: not set; pass source=IMAGES (a manifest or a folder)")
     out = Path(cfg.out)
-    ensure_world(cfg)
-    ensure_world_clip(cfg)
-    store, _ = extract_store(cfg.source, kind=cfg.kind, hook=hook, clip_cfg=clip_cfg, strict=data.strict,
-                             rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
-    return store
+    with extraction_group() as ranks:
+        if ranks.is_main:
+            ensure_world(cfg)
+            ensure_world_clip(cfg)
+        ranks.barrier()
+        store, _ = extract_store(cfg.source, kind=cfg.kind, hook=hook, clip_cfg=clip_cfg, strict=data.strict,
+                                 rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
+    return store, ranks.is_main

@@ -29,8 +29,9 @@ def run_name(cfg: DictConfig) -> str:
     return f"{s.arch}-x{s.expansion_factor}{k}"
 
 
-def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
-    """Zero-shot metrics with the SAE spliced in, on a seeded sample of labelled training images.
+def splice_evaluator(cfg: DictConfig, clip, images, n_images: int | None = None):
+    """Zero-shot metrics with the SAE spliced in, on a seeded sample of labelled training images
+    (`n_images`, default `splice_sample_size`: 5 % of them, 32..256).
 
     None without a text tower or without `label`s (a manifest column, or folder sub-folders).
     """
@@ -40,9 +41,10 @@ def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
 
     from thumbsae.activations import make_transform
     from thumbsae.data import load_rgb
-    from thumbsae.sae.splice import SpliceEvaluator
+    from thumbsae.sae.splice import SpliceEvaluator, splice_sample_size
 
-    sample = images.sample(n=min(n_images, len(images)), random_state=int(cfg.seed)).sort_index()
+    n_images = splice_sample_size(len(images)) if n_images is None else min(n_images, len(images))
+    sample = images.sample(n=n_images, random_state=int(cfg.seed)).sort_index()
     classes = sorted(sample["label"].astype(str).unique())
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit=str(cfg.activations.fit))
     images_BCHW = torch.stack([transform(load_rgb(p)) for p in sample["image"]])
