@@ -173,7 +173,7 @@ def test_ranks_split_work_without_overlap_and_check_themselves():
 def test_torchrun_extract_py_matches_a_single_process_run(tiny_world, tmp_path, repo_root):
     """The command the contract names: `torchrun --nproc-per-node 2 extract.py ...`."""
     args = [f"source={tiny_world / 'thumbnails.csv'}", "kind=thumbnails", "model=tiny_random",
-            "activations.shard_rows=2000", f"world.out={tiny_world}"]
+            "activations.shard_rows=2000", f"paths.world={tiny_world}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root / "src")}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                 str(_free_port())]

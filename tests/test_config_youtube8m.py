@@ -27,11 +27,11 @@ def test_youtube8m_is_the_study_and_topk_and_channel_differ_where_they_should(re
     study = composed(repo_root, "train", "youtube8m")
     assert study.sae.arch == "relu" and study.sae.expansion_factor == 64 and study.sae.l1_coef == 8e-5
     assert study.sae.ghost_grads and study.sae.mse_norm == "input_norm" and not study.datamodule.normalize
-    assert study.trainer.max_steps * study.sae.batch_size == 2_621_440
+    assert study.trainer.max_steps * study.datamodule.batch_size == 2_621_440
     assert (study.eval.group_size, study.eval.n_side, study.eval.threshold) == (400, 100, 0.05)
     assert study.data.thumbnails == "data/yt8m/manifest.csv"
     topk = composed(repo_root, "train", "youtube8m_topk")
     assert (topk.sae.arch, topk.sae.expansion_factor, topk.sae.k) == ("topk", 64, 32)
-    assert topk.trainer.max_steps * topk.sae.batch_size == 2_621_440 and topk.datamodule.normalize
+    assert topk.trainer.max_steps * topk.datamodule.batch_size == 2_621_440 and topk.datamodule.normalize
     channel = composed(repo_root, "evaluate", "channel")
     assert (channel.eval.group_size, channel.eval.n_side, channel.eval.statistic) == (11, 10, "mean")

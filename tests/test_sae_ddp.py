@@ -15,9 +15,10 @@ import torch
 import torch.multiprocessing as mp
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
+from study_recipe import study_relu
 
 from thumbsae.activations import ActivationDataModule, store_from_array
-from thumbsae.sae import SAELitModule, study_relu_config
+from thumbsae.sae import SAELitModule
 
 pytestmark = [
     pytest.mark.slow,  # two fresh interpreters import torch and Lightning: ~15 s idle, more when busy
@@ -29,11 +30,14 @@ TRAINER_OPTS = dict(max_steps=STEPS, logger=False, enable_checkpointing=False, e
                     limit_val_batches=0, val_check_interval=None)
 
 
-def sae_config(scale: float):
+def sae_module(scale: float) -> SAELitModule:
     # ReLU + L1 + ghost grads (the study's recipe): a per-row mean loss, so two ranks' averaged
     # gradients are the gradient of the concatenated batch.
-    return study_relu_config(d_in=D, expansion_factor=4, warmup_steps=2, batch_size=PER_RANK_BATCH,
-                             dead_window_steps=1, lr=3e-3, input_scale=scale)
+    import dataclasses
+
+    sae_cfg, optim_cfg = study_relu(D, ("sae.expansion_factor=4", "sae.dead_window_steps=1", "optim.warmup_steps=2",
+                                        "optim.lr=3e-3"))
+    return SAELitModule(dataclasses.replace(sae_cfg, input_scale=scale), optim_cfg)
 
 
 def datamodule(store: Path, **kw) -> ActivationDataModule:
@@ -52,7 +56,7 @@ def _rank_main(rank: int, port: int, store: str, out: str) -> None:
                       LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
     pl.seed_everything(0)
     dm = datamodule(Path(store))
-    module = SAELitModule(sae_config(dm.scale))
+    module = sae_module(dm.scale)
     trainer_from_conf().fit(module, datamodule=dm)
     if rank == 0:
         save_file({k: v.contiguous() for k, v in module.sae.state_dict().items()}, out)
@@ -71,7 +75,7 @@ class GlobalBatches(torch.utils.data.IterableDataset):
 
 def train_single(store: Path, scale: float, ranks: tuple[int, ...]) -> dict[str, torch.Tensor]:
     pl.seed_everything(0)
-    module = SAELitModule(sae_config(scale))
+    module = sae_module(scale)
     loader = torch.utils.data.DataLoader(GlobalBatches(store, ranks), batch_size=None)
     trainer_from_conf(devices=1, strategy="auto").fit(module, train_dataloaders=loader)
     return module.sae.state_dict()
@@ -97,6 +101,6 @@ def test_two_cpu_ranks_train_to_the_weights_of_one_process_with_the_same_global_
         torch.testing.assert_close(ddp[name], value, rtol=1e-4, atol=2e-6, msg=name)
     # the comparison can tell: training on rank 0's half alone, or not at all, ends elsewhere
     half = train_single(store, scale, (0,))
-    start = SAELitModule(sae_config(scale)).sae.state_dict()
+    start = sae_module(scale).sae.state_dict()
     for other in (half, start):
         assert (ddp["W_enc"] - other["W_enc"]).abs().max() > 100 * (ddp["W_enc"] - single["W_enc"]).abs().max()

@@ -104,7 +104,7 @@ def test_tail_from_the_cached_residual_equals_running_the_whole_tower(tiny_clip,
     whole = evaluator(tiny_clip, tokens, layer=layer)
     whole.tail_only = False  # the hook on a full forward pass, as for towers without a cacheable trunk
     assert fast.tail_only
-    sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=WIDTH, expansion_factor=2, k=3))
+    sae = SparseAutoencoder(TopKConfig(d_in=WIDTH, expansion_factor=2, k=3))
     got, expected = fast.evaluate(sae), whole.evaluate(sae)
     assert got.keys() == expected.keys()
     for key, value in expected.items():
@@ -121,7 +121,7 @@ def test_the_trunk_runs_once_and_later_evaluations_run_only_the_blocks_after_the
     handles = [block.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
                for i, block in enumerate(vision_blocks(model))]
     try:
-        sae = SparseAutoencoder(SAEConfig(arch="topk", d_in=WIDTH, expansion_factor=2, k=3))
+        sae = SparseAutoencoder(TopKConfig(d_in=WIDTH, expansion_factor=2, k=3))
         first = ev.evaluate(sae)
         assert calls[0] == calls[1] == 3  # 12 images in batches of 5, up to the hooked block, once
         with torch.no_grad():

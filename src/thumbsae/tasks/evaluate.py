@@ -74,6 +74,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     setting(cfg, "seed", int)  # checked now, used when the engagement model is fitted
     data = build(cfg.data, "data")
     eval_cfg = build(cfg.eval, "eval")
+    eng_cfg = build(cfg.engagement, "engagement")
     build(cfg.activations, "activations")
     for key in ("thumbnails", "reference"):
         if not getattr(data, key):
@@ -116,7 +117,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     if cfg.get("engagement_model", True):
         embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit)
         summary["predictor"] = fit_and_save_engagement_model(
-            cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
+            cfg, eng_cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
         )
 
     summary["sae_dir"] = str(sae_dir)
@@ -194,25 +195,18 @@ def world_recovery(cfg, result, csr, thumbnails, eval_cfg) -> dict | None:
     return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted, alpha=eval_cfg.alpha)
 
 
-def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:
-    """Fit the engagement model on (adjusted) log views, save it with its features' info."""
-    from thumbsae.analysis.adjust import adjust_views
-    from thumbsae.analysis.predictor import fit_engagement_model
+def fit_and_save_engagement_model(cfg, eng_cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:
+    """Fit the engagement model (`engagement.*`) on the thumbnails' target, save it with its features'
+    info, and measure how calibrated its pairwise probabilities are on held-out channels."""
+    from thumbsae.analysis.engagement import engagement_target, fit_engagement_model
+    from thumbsae.analysis.engagement.pairs import held_out_pair_calibration
+    from thumbsae.report.plots import write_pair_calibration
 
-    has_channel = "channel_id" in thumbnails.columns
-    if has_channel:
-        target = adjust_views(thumbnails, "channel")
-        kind = "channel_relative"
-    else:
-        target = np.log1p(thumbnails["views"].to_numpy(dtype=np.float64))
-        kind = "raw"
+    seed = int(cfg.seed)
+    target = engagement_target(thumbnails)
     model, metrics = fit_engagement_model(
-        csr,
-        target,
-        groups=thumbnails["channel_id"].astype(str).to_numpy() if has_channel else None,
-        baseline_embeddings=embeddings,
-        seed=int(cfg.seed),
-        target_kind=kind,
+        csr, target.values, groups=target.groups, baseline_embeddings=embeddings, seed=seed,
+        target_kind=target.kind, config=eng_cfg,
     )
     # rank pools a still's token latents the way the model was fitted.
     model.metrics["pool"] = metrics["pool"] = eval_cfg.pool
@@ -228,4 +222,10 @@ def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, f
             "examples": [image_of[v] for v in str(row.members).split(";")[:6] if v in image_of],
         }
     model.save(model_dir, feature_info=info)
+    if "channel_id" in thumbnails.columns and getattr(model, "pair_curve", None) is not None:
+        calib = held_out_pair_calibration(model, csr, thumbnails, seed=seed, config=eng_cfg)
+        metrics["pair_calibration"] = calib.summary()
+        if cfg.get("report", True):
+            write_pair_calibration(Path(model_dir).parent / "plots", calib.table, ece=calib.ece, max_gap=calib.max_gap,
+                                   truth=calib.truth)
     return metrics

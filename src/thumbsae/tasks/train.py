@@ -19,7 +19,7 @@ from thumbsae.tasks.loggers import closing_loggers, make_loggers
 
 TRAIN_GROUPS = ("sae", "optim", "datamodule", "trainer", "callbacks")
 # Composed with the pipeline (conf/pipeline.yaml) but read only by evaluate.py.
-EVAL_GROUPS = ("eval", "engagement_model", "report", "sae_dir", "default_sae_run")
+EVAL_GROUPS = ("eval", "engagement", "engagement_model", "report", "sae_dir", "default_sae_run")
 
 
 def run_name(cfg: DictConfig) -> str:
