@@ -146,9 +146,9 @@ def test_yt8m_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(ThumbsaeError, match="no usable video among 1 records"):
         import_yt8m([tmp_path / "allbad.h5"], tmp_path / "out2", progress=False)
     assert pd.read_csv(tmp_path / "out2" / "rejects.csv")["video_id"].tolist() == ["eeeeeeeeee1"]
-    for bad, match in [(dict(keep_first=0), "import.keep_first=0"), (dict(image_format="gif"), "import.image_format"),
+    for bad, match in [(dict(keep_first=0), "importer.keep_first=0"), (dict(image_format="gif"), "importer.image_format"),
                        (dict(require_counts=("likeCount",)), "must include viewCount"),
-                       (dict(chunk_rows=0), "import.chunk_rows=0")]:
+                       (dict(chunk_rows=0), "importer.chunk_rows=0")]:
         with pytest.raises(ThumbsaeError, match=match):
             YT8MImportConfig(**bad)
 

@@ -66,6 +66,23 @@ def _fetch(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace, overrides: list[str]) -> int:
+    importer = args.source.replace("-", "_")
+    cfg = _compose("import", [f"importer={importer}", *overrides],
+                   {"inputs": list(args.inputs), "out": args.out, "importer.keep_first": args.keep_first})
+    config = build(cfg.importer, "importer")
+    if importer == "yt8m":
+        from thumbsae.data.youtube8m import import_yt8m
+
+        manifest, rejects = import_yt8m([Path(p) for p in cfg.inputs], Path(cfg.out), config)
+    else:
+        from thumbsae.data.youtube_api import import_youtube_api
+
+        manifest, rejects = import_youtube_api([Path(p) for p in cfg.inputs], Path(cfg.out), config)
+    print(f"wrote {manifest} and {rejects}")
+    return 0
+
+
 def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
     from thumbsae.tasks.sae_source import refuse_storage_settings
     from thumbsae.video import run_rank
@@ -161,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--workers", type=int, default=None, help="fetch.workers")
     fetch.add_argument("--timeout", type=float, default=None, help="seconds per request (fetch.timeout)")
     fetch.add_argument("--retries", type=int, default=None, help="retries on timeouts, 5xx and 429 (fetch.retries)")
+
+    imports = command("import", _import, "import YouTube-8M shards or YouTube Data API responses (conf/import.yaml)")
+    imports.add_argument("source", choices=("yt8m", "youtube-api"), help="what the inputs are")
+    imports.add_argument("inputs", nargs="+", help="yt8m: SHARD.h5 files; youtube-api: videos.list JSON files")
+    imports.add_argument("--out", required=True, help="output folder (manifest.csv, rejects.csv, images/)")
+    imports.add_argument("--keep-first", type=int, default=None, help="keep the first N usable videos (importer.keep_first)")
 
     rank = command("rank", _rank, "rank candidate stills of a video or a folder of drafts (conf/rank.yaml)")
     rank.add_argument("source", help="a video file, or a folder of images")

@@ -58,13 +58,13 @@ class YT8MImportConfig(YouTubeImportConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.image_format not in IMAGE_FORMATS:
-            raise ThumbsaeError(f"import.image_format={self.image_format!r}: use one of {', '.join(IMAGE_FORMATS)}")
+            raise ThumbsaeError(f"importer.image_format={self.image_format!r}: use one of {', '.join(IMAGE_FORMATS)}")
         if not 1 <= int(self.jpeg_quality) <= 100:
-            raise ThumbsaeError(f"import.jpeg_quality={self.jpeg_quality}: use 1..100")
+            raise ThumbsaeError(f"importer.jpeg_quality={self.jpeg_quality}: use 1..100")
         if int(self.chunk_rows) < 1:
-            raise ThumbsaeError(f"import.chunk_rows={self.chunk_rows}: use a positive number of rows")
+            raise ThumbsaeError(f"importer.chunk_rows={self.chunk_rows}: use a positive number of rows")
         if self.workers is not None and int(self.workers) < 1:
-            raise ThumbsaeError(f"import.workers={self.workers}: use a positive number, or null for one per CPU")
+            raise ThumbsaeError(f"importer.workers={self.workers}: use a positive number, or null for one per CPU")
 
 
 def image_name(video_id: str, image_format: str = "png") -> str:

@@ -48,16 +48,16 @@ class YouTubeImportConfig:
 
     def __post_init__(self) -> None:
         if self.keep_first is not None and (isinstance(self.keep_first, bool) or int(self.keep_first) < 1):
-            raise ThumbsaeError(f"import.keep_first={self.keep_first}: use a positive number of videos, or null for all")
+            raise ThumbsaeError(f"importer.keep_first={self.keep_first}: use a positive number of videos, or null for all")
         object.__setattr__(self, "require_counts", tuple(self.require_counts))
         unknown = [c for c in self.require_counts if c not in COUNT_FIELDS]
         if "viewCount" not in self.require_counts or unknown:
             raise ThumbsaeError(
-                f"import.require_counts={list(self.require_counts)}: must include viewCount; "
+                f"importer.require_counts={list(self.require_counts)}: must include viewCount; "
                 f"allowed: {', '.join(COUNT_FIELDS)}"
             )
         if self.thumbnail not in THUMBNAIL_SIZES:
-            raise ThumbsaeError(f"import.thumbnail={self.thumbnail!r}: use one of {', '.join(THUMBNAIL_SIZES)}")
+            raise ThumbsaeError(f"importer.thumbnail={self.thumbnail!r}: use one of {', '.join(THUMBNAIL_SIZES)}")
 
 
 @dataclass(frozen=True)
