@@ -84,7 +84,7 @@ def _import(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
-    from thumbsae.tasks.sae_source import refuse_storage_settings
+    from thumbsae.tasks.sae_source import hook_defaults, refuse_storage_settings
     from thumbsae.video import run_rank
 
     cfg = _compose(
@@ -105,6 +105,7 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
         channel_id=cfg.channel_id,
         progress=bool(cfg.progress),
         cfg=video,
+        hook_defaults=hook_defaults(cfg, overrides),
     )
     return 0
 

@@ -70,7 +70,7 @@ class StillScorer:
     batch_size: int = 32
 
     @classmethod
-    def load(cls, sae_dir: Path, model_dir: Path, cfg: VideoConfig = VideoConfig()) -> StillScorer:
+    def load(cls, sae_dir: Path, model_dir: Path, cfg: VideoConfig = VideoConfig(), hook_defaults: dict | None = None) -> StillScorer:
         """Load `sae_dir` (an SAE folder), the CLIP it names, and `model_dir` (an engagement model).
 
         Raises `ThumbsaeError` naming the folder and what is wrong with it.
@@ -85,7 +85,7 @@ class StillScorer:
         if not model_dir.is_dir():
             raise ThumbsaeError(f"--model {model_dir}: no such engagement model folder")
         try:
-            sae, sae_config = load_sae(sae_dir)
+            sae, sae_config = load_sae(sae_dir, hook_defaults=hook_defaults)
             hook = dict(sae_config["hook"])
             clip_cfg = dict(sae_config["clip"])
             layer, tokens, fit = int(hook["layer"]), str(hook["tokens"]), str(hook["fit"])
@@ -387,8 +387,11 @@ def run_rank(
     channel_id: str | None = None,
     progress: bool = True,
     cfg: VideoConfig | None = None,
+    hook_defaults: dict | None = None,
 ) -> list[dict]:
     """`thumbsae rank`: pick candidate stills of `source`, rank them, write `out_dir`.
+
+    hook_defaults: the CLIP and hook of an SAE folder that does not name them (`load_sae`).
 
     source: a video file, or a folder of images (drafts: each ranked, none filtered).
     Writes `out_dir/ranking.json` (list, best first: `rank, time_s, timecode, source, image,
@@ -420,7 +423,7 @@ def run_rank(
                 work_dir = stack.enter_context(atomic_dir(out_dir))
             except OSError as err:
                 raise ThumbsaeError(f"--out {out_dir}: cannot write there ({err.strerror or err})") from None
-            scorer, search = _load_while_decoding(source, out_dir, cfg, bar, duration_s, sae_dir, model_dir)
+            scorer, search = _load_while_decoding(source, out_dir, cfg, bar, duration_s, sae_dir, model_dir, hook_defaults)
             task = bar.add_task("scoring stills", total=len(search.stills))
             ranked = rank_stills(search.stills, scorer, cfg)
             bar.update(task, completed=len(search.stills))
@@ -463,6 +466,7 @@ def _load_while_decoding(
     duration_s: float | None,
     sae_dir: Path,
     model_dir: Path,
+    hook_defaults: dict | None = None,
 ) -> tuple[StillScorer, CandidateSearch]:
     """Load CLIP, SAE and model (mostly imports: seconds) in this thread while another decodes.
 
@@ -490,7 +494,7 @@ def _load_while_decoding(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thumbsae-decode") as pool:
         searching = pool.submit(search)
         try:
-            scorer = StillScorer.load(sae_dir, model_dir, cfg)
+            scorer = StillScorer.load(sae_dir, model_dir, cfg, hook_defaults)
             return scorer, searching.result()
         except BaseException:
             cancel.set()
