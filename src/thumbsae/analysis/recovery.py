@@ -13,8 +13,11 @@ counts them; the planted motifs are still listed with a true multiplier of 1.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,6 +27,68 @@ from thumbsae.errors import ThumbsaeError
 
 # A feature "is" a motif when at least this fraction of its group shows it.
 PURE = 0.5
+# A world's ground_truth.json is tens of kB; anything far bigger is not one.
+MAX_GROUND_TRUTH_BYTES = 64_000_000
+
+
+def load_ground_truth(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """Read and check a world's `ground_truth.json` for `recovery_report`.
+
+    Returns `(truth, None)` for a well-formed file, `(None, None)` when there is no file, and
+    `(None, warning)` for a malformed one: the one-line warning names the file and the problem
+    and says that recovery is skipped (the caller prints it and writes everything else).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None, None
+    try:
+        if not path.is_file():
+            raise ValueError("not a regular file")
+        if path.stat().st_size > MAX_GROUND_TRUTH_BYTES:
+            raise ValueError(f"larger than {MAX_GROUND_TRUTH_BYTES} bytes")
+        truth = json.loads(path.read_bytes().decode("utf-8"))
+        _check_ground_truth(truth)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        what = " ".join(str(err).split())[:200] or type(err).__name__
+        return None, f"{path}: malformed ground truth ({what}); recovery skipped"
+    return truth, None
+
+
+def _check_ground_truth(truth: object) -> None:
+    """Raise ValueError unless `truth` has what `_planted` reads, with the right types."""
+    if not isinstance(truth, dict):
+        raise ValueError(f"expected a JSON object, got {type(truth).__name__}")
+    null = truth.get("null", False)
+    if not isinstance(null, bool):
+        raise ValueError(f"'null' must be true or false, got {null!r}")
+
+    def effects(key: str) -> dict:
+        table = truth.get(key)
+        if not isinstance(table, dict):
+            raise ValueError(f"{key!r} must be an object of motif -> number")
+        for motif, value in table.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key}.{motif} must be a finite number, got {value!r}")
+        return table
+
+    def motifs(container: dict, key: str, where: str) -> list:
+        value = container.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            raise ValueError(f"{where} must be a list of motif names")
+        return value
+
+    if null:
+        effects("planted_motif_effects")
+        config = truth.get("config", {})
+        if not isinstance(config, dict):
+            raise ValueError("'config' must be an object")
+        motifs(config, "confounded", "config.confounded")
+        return
+    known = effects("motif_effects")
+    for kind in ("positive", "negative", "confounded"):
+        unknown = [m for m in motifs(truth, kind, repr(kind)) if m not in known]
+        if unknown:
+            raise ValueError(f"{kind} motif {unknown[0]!r} has no entry in 'motif_effects'")
 
 
 def _motif_sets(table: pd.DataFrame) -> tuple[dict[str, int], list[frozenset[str]]]:

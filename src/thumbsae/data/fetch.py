@@ -407,13 +407,13 @@ class _Deadline:
     """A watchdog for one request: when `seconds` pass, it shuts down the request's socket.
 
     Socket timeouts bound each read, not the request: a server sending a byte every half second
-    would hold it for ever. The connection classes below report their connection to the deadline
-    of the request running in their thread; shutting the socket wakes any blocked read at once.
+    would hold it for ever. The connection classes below report their socket to the deadline of
+    the request running in their thread; shutting the socket wakes any blocked read at once.
     """
 
     def __init__(self, seconds: float):
         self.expired = False
-        self._connection = None
+        self._socket: socket.socket | None = None
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._expire)
         self._timer.daemon = True
@@ -427,49 +427,49 @@ class _Deadline:
         self._timer.cancel()
         _current.deadline = None
 
-    def attach(self, connection) -> None:
+    def attach(self, sock: socket.socket) -> None:
         with self._lock:
-            self._connection = connection
+            self._socket = sock
             if self.expired:
-                _shut(connection)
+                _shut(sock)
 
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
-            if self._connection is not None:
-                _shut(self._connection)
+            if self._socket is not None:
+                _shut(self._socket)
 
 
-def _shut(connection) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
-def _report_connection(connection) -> None:
+def _report_socket(connection) -> None:
+    # The socket itself: http.client drops `connection.sock` once a closing response owns it.
     deadline = getattr(_current, "deadline", None)
-    if deadline is not None:
-        deadline.attach(connection)
+    sock = getattr(connection, "sock", None)
+    if deadline is not None and sock is not None:
+        deadline.attach(sock)
 
 
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
     def connect(self) -> None:
         super().connect()
-        _report_connection(self)
+        _report_socket(self)
 
     def request(self, *args, **kwargs):
-        _report_connection(self)  # a kept-alive connection is already connected
+        _report_socket(self)  # a kept-alive connection is already connected
         return super().request(*args, **kwargs)
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     def connect(self) -> None:
         super().connect()
-        _report_connection(self)
+        _report_socket(self)
 
     def request(self, *args, **kwargs):
-        _report_connection(self)
+        _report_socket(self)
         return super().request(*args, **kwargs)
 
 

@@ -328,9 +328,10 @@ def _delimiter(text: str) -> str:
 def _infer_types(values: list[list[str]], width: int) -> pd.DataFrame:
     """pandas' own type inference on already-split fields (rows x width), index 0..N-1."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # Every field quoted: a \r or \n inside a value can never split a row (pandas infers the same types).
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
     writer.writerow([f"c{j}" for j in range(width)])
-    writer.writerows(values)  # csv quotes a lone empty field, so no row becomes a blank line
+    writer.writerows(values)
     buffer.seek(0)
     frame = pd.read_csv(buffer, skip_blank_lines=False, dtype=None)
     if len(frame) != len(values):  # cannot happen with csv-written input; never misalign rows
