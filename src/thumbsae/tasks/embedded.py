@@ -1,8 +1,10 @@
-"""The embedded default: make the synthetic world (and the tiny CLIP trained on it) on first use.
+"""The embedded default: make the synthetic world on first use (the world CLIP ships with thumbsae).
 
 `python train.py` with no arguments must work on a fresh clone, offline: when the configured image
-sets live under `world.out` and are missing, the world is generated from the `world` config; when
-the model config points at the world CLIP checkpoint and it is missing, it is trained.
+sets live under `world.out` and are missing, the world is generated from the `world` config. The
+default model (`model=tiny_world`) is the world CLIP shipped in the package (`thumbsae:world_clip`),
+so nothing is trained before the SAE. A model config that points at `data/world_clip/model.safetensors`
+(the DVC `world_clip` stage's retrain) gets it trained first when it is missing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-WORLD_CLIP_DEFAULT = Path("data/world_clip/model.safetensors")
+WORLD_CLIP_RETRAIN = Path("data/world_clip/model.safetensors")
 
 
 def world_config(cfg: DictConfig):
@@ -42,10 +44,25 @@ def ensure_world(cfg: DictConfig) -> None:
         generate_world(world_config(cfg), out)
 
 
+def world_clip_config(cfg: DictConfig):
+    """`WorldClipConfig` from the `world_clip` node when the config has one, else the defaults."""
+    from thumbsae.activations.world_clip import WorldClipConfig
+
+    node = cfg.get("world_clip")
+    if node is None:
+        return WorldClipConfig(seed=int(cfg.get("seed", 0)))
+    import hydra
+
+    return hydra.utils.instantiate(node, _convert_="all")
+
+
 def ensure_world_clip(cfg: DictConfig) -> None:
-    """Train the tiny world CLIP if the model config points at its (missing) default checkpoint."""
+    """Train the world CLIP into `data/world_clip/` if the model config points at that (missing) retrain.
+
+    The default `model=tiny_world` loads the shipped checkpoint and needs nothing here.
+    """
     pretrained = cfg.model.get("pretrained")
-    if not pretrained or Path(pretrained) != WORLD_CLIP_DEFAULT or WORLD_CLIP_DEFAULT.exists():
+    if not pretrained or Path(str(pretrained)) != WORLD_CLIP_RETRAIN or WORLD_CLIP_RETRAIN.exists():
         return
     from thumbsae.activations.world_clip import train_world_clip
     from thumbsae.world import generate_world
@@ -53,8 +70,8 @@ def ensure_world_clip(cfg: DictConfig) -> None:
     out = Path(cfg.world.out)
     if not (out / "thumbnails.csv").exists():
         generate_world(world_config(cfg), out)
-    print(f"embedded default: training the tiny world CLIP into {WORLD_CLIP_DEFAULT}")
-    train_world_clip(out, WORLD_CLIP_DEFAULT, seed=int(cfg.seed))
+    print(f"embedded default: training the tiny world CLIP into {WORLD_CLIP_RETRAIN}")
+    train_world_clip(out, WORLD_CLIP_RETRAIN, world_clip_config(cfg))
 
 
 def _is_under(path: Path, folder: Path) -> bool:
