@@ -11,11 +11,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from thumbsae.console import quiet_third_party
 from thumbsae.errors import ThumbsaeError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # hydra.verbose=true shows third-party logs and warnings
     from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
     from thumbsae.tasks.extract import extract_store
 

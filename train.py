@@ -12,11 +12,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from thumbsae.console import quiet_third_party
 from thumbsae.errors import ThumbsaeError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party()  # hydra.verbose=true shows third-party logs and warnings
     from thumbsae.tasks.train import train
 
     try:

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from thumbsae.console import quiet_third_party
 from thumbsae.errors import ThumbsaeError
 
 
@@ -65,6 +66,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thumbsae", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show third-party logs and warnings")
     sub = parser.add_subparsers(dest="command", required=True)
 
     world = sub.add_parser("world", help="write a synthetic thumbnail world with ground truth")
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party(args.verbose)
     try:
         return args.run(args)
     except ThumbsaeError as err:

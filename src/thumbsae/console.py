@@ -32,22 +32,44 @@ class OwnLinesOnly(logging.Filter):
         return _is_own(record.name) or record.levelno >= logging.ERROR
 
 
+class StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is at the time of each record (like
+    logging's last-resort handler), so a replaced stderr (pytest's capture) is never left stale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _is_console(handler: logging.Handler) -> bool:
+    if isinstance(handler, StderrHandler):
+        return True
     stream = getattr(handler, "stream", None)
     return not isinstance(handler, logging.FileHandler) and stream in (sys.stderr, sys.stdout)
 
 
-def quiet_third_party(verbose: bool | str | list | None = False) -> None:
+def quiet_third_party(verbose: bool | str | list | None = None) -> None:
     """Hide third-party INFO lines and warnings on the console unless `verbose`.
 
     verbose: truthy shows everything (Hydra's `hydra.verbose` may be True, a logger name or a list
-    of them; any of these counts). Not verbose:
+    of them; any of these counts); None asks the running Hydra job (`hydra_verbose()`, False
+    outside Hydra). Not verbose:
     - every console handler of the root logger (a stderr one is added when there is none) passes
       only `thumbsae.*` / `__main__` records and errors of anyone; file handlers keep everything;
     - Python warnings are ignored except those raised from thumbsae's own modules;
     - W&B's terminal lines are silenced (`WANDB_SILENT=true` unless already set).
     Safe to call more than once.
     """
+    if verbose is None:
+        verbose = hydra_verbose()
     if verbose:
         logging.getLogger(OWN_LOGGER).setLevel(logging.DEBUG)
         return
@@ -57,8 +79,7 @@ def quiet_third_party(verbose: bool | str | list | None = False) -> None:
     root = logging.getLogger()
     consoles = [h for h in root.handlers if _is_console(h)]
     if not consoles:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = StderrHandler()
         root.addHandler(handler)
         consoles = [handler]
     for handler in consoles:
