@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chromium import load_page, needs_chromium
+from chromium import CHROMIUM, load_page, needs_chromium  # noqa: F401  (CHROMIUM: test_rank imports it from here)
 from markupsafe import escape
 from PIL import Image
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -31,8 +32,9 @@ DEMO_SHOTS = 12
 DEMO_SHOT_SECONDS = 5.0
 DEMO_FPS = 15
 STREAM_DEMO = 7  # random stream of the demo's pictures: (seed, STREAM_DEMO, shot)
-# One x264 thread and bit-exact flags: the file does not depend on the CPU count or library build tags.
-DEMO_X264 = {"preset": "veryfast", "crf": "23", "threads": "1"}
+# ultrafast on one thread: x264's faster presets with lookahead (veryfast, ...) gave different bytes
+# for the same frames from run to run here; ultrafast never did (30 runs). Bit-exact container flags.
+DEMO_X264 = {"preset": "ultrafast", "crf": "23", "threads": "1"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,8 +118,14 @@ def write_video(
             stream.set_display_rotation(rotation)
         audio_stream = container.add_stream("aac", rate=44100) if audio else None
 
+        n_encoded = 0
+
         def encode(frame_HW3: np.ndarray) -> None:
+            nonlocal n_encoded
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_HW3), format="rgb24")
+            # Explicit timestamps: x264's rate control reads them, and unset ones vary run to run.
+            frame.pts, frame.time_base = n_encoded, Fraction(1, fps)
+            n_encoded += 1
             for packet in stream.encode(frame):
                 container.mux(packet)
 
