@@ -134,5 +134,38 @@ def test_all_pages_share_the_one_stylesheet(runs, tmp_path):
 
     css = environment().loader.get_source(environment(), "thumbsae.css")[0].strip()
     run_dirs, eval_dirs = runs
-    page = write_comparison_report(run_dirs, tmp_path / "out", eval_dirs).html.read_text()
-    assert css in page
+    compare_page = write_comparison_report(run_dirs, tmp_path / "out", eval_dirs).html.read_text()
+
+    from test_rank_report import fake_ranking
+
+    from thumbsae.report.panels import write_panels
+    from thumbsae.report.rank_report import write_rank_report
+
+    rank_page = write_rank_report(tmp_path / "rank", fake_ranking(tmp_path / "rank"), source_name="v.mp4").read_text()
+    groups = pd.DataFrame({"feature": [0], "side": [""], "members": ["a"]})
+    thumbs = pd.DataFrame({"video_id": ["a"], "image": ["a.png"]})
+    panels_page = write_panels(tmp_path / "panels", groups, thumbs, None, None, None).read_text()
+    for page in (compare_page, rank_page, panels_page):
+        assert page.count("<style>") == 1 and css in page
+
+
+def test_a_training_run_logs_its_comparison_row_to_wandb(runs, tmp_path):
+    import wandb
+
+    from thumbsae.report.wandb_log import log_comparison_row
+    from thumbsae.sae.compare import run_summary
+
+    row = run_summary(runs[0][1])
+    assert not log_comparison_row(None, row)
+    run = wandb.init(mode="offline", dir=tmp_path, project="thumbsae-test", group="embedded-topk",
+                     reinit="finish_previous")
+    try:
+        assert log_comparison_row(run, row)
+        assert run.summary["compare/fvu"] == 0.30 and run.summary["compare/n_latents"] == 64
+        assert run.summary["compare/name"] == "x8"
+    finally:
+        run.finish()
+    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (table,) = (run_dir / "files" / "media" / "table").rglob("*.table.json")
+    data = json.loads(table.read_text())
+    assert data["columns"] == list(row) and len(data["data"]) == 1

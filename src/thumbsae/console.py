@@ -176,3 +176,12 @@ def step_progress_bar(desc: str = "train SAE") -> Any:
             tqdm.write(" ".join(str(a) for a in args), file=sys.stderr)
 
     return StepProgressBar()
+
+
+def training_callbacks(desc: str = "train SAE") -> list:
+    """The Lightning callbacks that keep training quiet: `step_progress_bar(desc)` and a plain
+    `ModelSummary`, which logs its table (shown only when verbose) where Lightning would otherwise
+    print a rich table on every run."""
+    from pytorch_lightning.callbacks import ModelSummary
+
+    return [step_progress_bar(desc), ModelSummary()]
