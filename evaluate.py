@@ -15,11 +15,11 @@ from thumbsae.tasks.entry import check_command_line, run_task
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.evaluate import evaluate
-
     hydra_cfg = HydraConfig.get()
 
     def task() -> str:
+        from thumbsae.tasks.evaluate import evaluate
+
         out_dir = hydra_cfg.runtime.output_dir
         summary = evaluate(cfg, out_dir, overrides=list(hydra_cfg.overrides.task))
         return (f"wrote {out_dir}: {summary['n_features_tested']} features tested, "

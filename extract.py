@@ -14,9 +14,9 @@ from thumbsae.tasks.entry import check_command_line, run_task
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.extract import extract
-
     def task() -> str:
+        from thumbsae.tasks.extract import extract
+
         store, is_main = extract(cfg)
         return f"wrote {store.path}: {store.n} rows x {store.d}" if is_main else ""
 

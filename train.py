@@ -15,10 +15,14 @@ from thumbsae.tasks.entry import check_command_line, run_task
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.train import train
-
     hydra_cfg = HydraConfig.get()
-    run_task("train.py", lambda: f"wrote {train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))}")
+
+    def task() -> str:
+        from thumbsae.tasks.train import train
+
+        return f"wrote {train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))}"
+
+    run_task("train.py", task)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # sparsify's CPU path
 import torch
 import torch.nn.functional as F
 
-from thumbsae.sae import JumpReLUConfig, SparseAutoencoder, TopKConfig, sae_config_from_dict
+from thumbsae.sae import JumpReLUConfig, SparseAutoencoder, sae_config_from_dict
 
 TARGET = 1.5
 

@@ -2,7 +2,7 @@
 
 The fixture's engagement model is a known-good one, because a random-weight tiny CLIP does not
 separate the world's `food` motif from others in general (cross-validated accuracy about 0.6 on
-96 world thumbnails): `write_demo_models` takes each shot's picture, makes 6 crops of it as
+96 world thumbnails): `write_demo_models` (tests/demo_models.py, the real SAE trainer) takes each shot's picture, makes 6 crops of it as
 thumbnails whose views follow the world's planted effects (food x4 and face x2 on one shot,
 sports x0.4, others x1), trains a small SAE for a few steps on their CLIP activations and fits
 the real engagement model on their latents. The video's stills are then new crops of those pictures (a panning window),
@@ -39,7 +39,7 @@ SPORTS_SHOT = 0
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """(video, sae_dir, model_dir, shot bounds) shared by the tests of this module."""
-    from thumbsae.video.synthetic import write_demo_models
+    from demo_models import write_demo_models
 
     folder = tmp_path_factory.mktemp("rank")
     shots = [world_shot(m, size=SIZE, seconds=2.0, seed=300 + i, scene=s) for i, (m, s, _) in enumerate(SHOTS)]

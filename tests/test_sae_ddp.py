@@ -13,7 +13,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.multiprocessing as mp
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from study_recipe import study_relu
 
@@ -45,7 +44,9 @@ def datamodule(store: Path, **kw) -> ActivationDataModule:
 
 
 def trainer_from_conf(**kw) -> pl.Trainer:
-    node = OmegaConf.load(REPO / "conf" / "trainer" / "ddp_cpu.yaml")
+    from thumbsae.config import compose
+
+    node = compose("train", ["trainer=ddp_cpu"]).trainer
     return hydra.utils.instantiate(node, **TRAINER_OPTS, **kw)
 
 

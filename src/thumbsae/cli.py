@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from thumbsae.config import build, compose, refuse_overrides
+from thumbsae.console import quiet_third_party
 from thumbsae.errors import ThumbsaeError
 
 # `key=value`, `+key=value`, `~key`, `group=option`: what Hydra takes on a command line.
@@ -156,6 +157,7 @@ def _compose(name: str, overrides: list[str], flags: dict) -> DictConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="thumbsae", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show third-party logs and warnings")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     hint = "then any key=value overrides of its conf/ tree"
 
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides, rest = split_overrides(argv)
     args = parser.parse_args(rest)
+    quiet_third_party(args.verbose)
     try:
         return args.run(args, overrides)
     except ThumbsaeError as err:

@@ -31,8 +31,12 @@ def check_command_line(script: str, config_name: str, argv: list[str] | None = N
 
 
 def run_task(script: str, task: Callable[[], str]) -> None:
-    """Run `task`; print what it returns (if anything), or its `ThumbsaeError` as one line with exit
+    """Inside a Hydra job: quiet the console (third-party lines hidden unless `hydra.verbose=true`),
+    run `task`, print what it returns (if anything), or its `ThumbsaeError` as one line with exit
     status 2."""
+    from thumbsae.console import quiet_third_party
+
+    quiet_third_party()
     try:
         message = task()
     except ThumbsaeError as err:

@@ -73,7 +73,7 @@ def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported laz
     from thumbsae.config import build
     from thumbsae.data import KINDS
     from thumbsae.errors import ThumbsaeError
-    from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
+    from thumbsae.tasks.embedded import ensure_world
 
     data = build(cfg.data, "data")
     clip_cfg = build(cfg.model, "model")
@@ -86,7 +86,6 @@ def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported laz
     with extraction_group() as ranks:
         if ranks.is_main:
             ensure_world(cfg)
-            ensure_world_clip(cfg)
         ranks.barrier()
         store, _ = extract_store(cfg.source, kind=cfg.kind, hook=hook, clip_cfg=clip_cfg, strict=data.strict,
                                  rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)

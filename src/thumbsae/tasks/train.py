@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from thumbsae.config import build, check, refuse_overrides, setting, to_plain
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
-from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
+from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
 
@@ -106,7 +106,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
     ensure_world(cfg)
-    ensure_world_clip(cfg)
     clip = clip_cfg.load()
     # The SAE's settings are checked against the model's width before any activation is extracted.
     build(cfg.sae, "sae", d_in=int(clip.visual.transformer.width))
