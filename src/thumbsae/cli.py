@@ -136,11 +136,11 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
-    from thumbsae.sae.compare import compare_runs
+    from thumbsae.report.compare_report import write_comparison_report
 
-    cfg = _compose("compare", overrides, {"runs": list(args.runs), "out": args.out})
-    csv_path, png_path = compare_runs([Path(r) for r in cfg.runs], Path(cfg.out))
-    print(f"wrote {csv_path} and {png_path}")
+    cfg = _compose("compare", overrides, {"runs": list(args.runs), "evaluations": args.eval, "out": args.out})
+    files = write_comparison_report([Path(r) for r in cfg.runs], Path(cfg.out), [Path(e) for e in cfg.evaluations])
+    print(f"wrote {files.html}, {files.csv} and {files.png}")
     return 0
 
 
@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = command("compare", _compare, "compare SAE runs across sizes and architectures (conf/compare.yaml)")
     compare.add_argument("runs", nargs="+", help="run folders (each with sae/ and metrics.json)")
+    compare.add_argument("--eval", nargs="+", default=None, metavar="EVAL_DIR",
+                         help="evaluate.py folders, matched to the runs by their SAE (default: RUN/eval or RUN/evaluate)")
     compare.add_argument("--out", required=True)
     return parser
 
