@@ -14,10 +14,11 @@ from thumbsae.config import build, check_fields, compose, conf_dir, refuse_overr
 from thumbsae.errors import ThumbsaeError
 
 # Every entry point's config: train.py, evaluate.py, extract.py and the `thumbsae` sub-commands.
-ENTRY_CONFIGS = ("train", "evaluate", "extract", "world", "fetch", "rank", "compare", "export", "import")
+ENTRY_CONFIGS = ("train", "evaluate", "extract", "world", "world_clip", "fetch", "rank", "compare", "export", "import")
 # Values the entry points require on their command line (`???` in the YAML).
 REQUIRED = {
     "world": ["out=/tmp/w"],
+    "world_clip": ["world=/tmp/w", "out=/tmp/m.safetensors"],
     "fetch": ["manifest=m.csv", "out=/tmp/f"],
     "rank": ["source=v.mp4", "sae_dir=s", "model_dir=m", "out=/tmp/r"],
     "compare": ["runs=[a]", "out=/tmp/c"],

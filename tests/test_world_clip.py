@@ -125,15 +125,13 @@ def test_settings_are_validated_with_the_key_named():
         WorldClipConfig(heldout_fraction=1.0)
 
 
-def test_the_config_group_builds_the_dataclass_with_its_defaults(repo_root):
-    import hydra
-    from omegaconf import OmegaConf
+def test_the_config_group_builds_the_dataclass_with_its_defaults():
+    from thumbsae.config import build, compose
 
-    from thumbsae.activations.world_clip import config_from_yaml
-
-    path = repo_root / "conf" / "world_clip" / "default.yaml"
-    assert hydra.utils.instantiate(OmegaConf.load(path)) == WorldClipConfig()
-    assert config_from_yaml(path) == WorldClipConfig()
+    cfg = compose("world_clip", ["world=w", "out=o.safetensors"])
+    assert build(cfg.world_clip, "world_clip") == WorldClipConfig()
+    tweaked = compose("world_clip", ["world=w", "out=o.safetensors", "world_clip.epochs=1"])
+    assert build(tweaked.world_clip, "world_clip") == WorldClipConfig(epochs=1)
 
 
 def test_float16_checkpoint_and_its_sidecar_sha256(fitted, tmp_path):

@@ -1,4 +1,4 @@
-"""`thumbsae ...` sub-commands: world, fetch, import, rank, export, compare.
+"""`thumbsae ...` sub-commands: world, world-clip, fetch, import, rank, export, compare.
 
 Each sub-command composes its config from the same `conf/` tree as `train.py` (`conf/<command>.yaml`),
 takes Hydra `key=value` overrides after its arguments (`thumbsae rank v.mp4 ... video.n_candidates=8`),
@@ -51,6 +51,15 @@ def _world(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _compose("world", overrides, {"out": args.out, **flags})
     out = generate_world(build(cfg.world, "world"), Path(cfg.out))
     print(f"wrote world to {out}")
+    return 0
+
+
+def _world_clip(args: argparse.Namespace, overrides: list[str]) -> int:
+    from thumbsae.activations.world_clip import train_world_clip
+
+    cfg = _compose("world_clip", overrides, {"world": args.world, "out": args.out})
+    out = train_world_clip(Path(cfg.world), Path(cfg.out), build(cfg.world_clip, "world_clip"))
+    print(f"wrote {out}")
     return 0
 
 
@@ -174,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=None, help="world.width world.height")
     world.add_argument("--channels", type=int, default=None, help="number of channels (world.n_channels)")
     world.add_argument("--reference-per-class", type=int, default=None, help="world.n_reference_per_class")
+
+    world_clip = command("world-clip", _world_clip, "retrain the tiny world CLIP on a world (conf/world_clip.yaml)")
+    world_clip.add_argument("--world", required=True, help="a world folder (thumbsae world --out DIR)")
+    world_clip.add_argument("--out", required=True, help="checkpoint path, ending in .safetensors")
 
     fetch = command("fetch", _fetch, "download a manifest's http(s) images, resumably (conf/fetch.yaml)")
     fetch.add_argument("manifest")

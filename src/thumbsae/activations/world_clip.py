@@ -15,15 +15,13 @@ type and thread count (other CPUs round differently, so their weights differ in 
 The package ships one such checkpoint, trained on the default world (`model=tiny_world` loads it
 as `thumbsae:world_clip`), so nothing is trained on first use. To retrain it:
 
-    python -m thumbsae.activations.world_clip --config conf/world_clip/default.yaml \
-        --world data/world --out data/world_clip/model.safetensors
+    thumbsae world-clip --world data/world --out data/world_clip/model.safetensors [world_clip.KEY=VALUE]
 
 (`dvc repro pipelines/world_clip/dvc.yaml` runs exactly that.)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -448,57 +446,3 @@ def check_shipped_world_clip() -> dict:
             "sidecar names; reinstall thumbsae"
         )
     return sidecar
-
-
-def config_from_yaml(path: Path) -> WorldClipConfig:
-    """`WorldClipConfig` from a YAML file of its fields (`conf/world_clip/default.yaml`; `_target_`
-    and other `_` keys are ignored). Raises `ThumbsaeError` for a missing file or an unknown key."""
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ThumbsaeError(f"{path}: cannot read the world CLIP settings ({err})") from err
-    values = {k: v for k, v in values.items() if not str(k).startswith("_")}
-    known = set(WorldClipConfig.__dataclass_fields__)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ThumbsaeError(f"{path}: unknown world_clip key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return WorldClipConfig(**values)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: `python -m thumbsae.activations.world_clip [--config YAML] --world DIR --out X.safetensors`."""
-    parser = argparse.ArgumentParser(
-        description="train the tiny CLIP on a synthetic world's captions"
-    )
-    parser.add_argument("--world", required=True, help="a world folder (thumbsae world --out DIR)")
-    parser.add_argument("--out", required=True, help="checkpoint path, ending in .safetensors")
-    parser.add_argument("--config", default=None, help="settings YAML (conf/world_clip/default.yaml)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
-    args = parser.parse_args(argv)
-    flags = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "max_images": args.max_images,
-        "dtype": args.dtype,
-    }
-    try:
-        cfg = config_from_yaml(Path(args.config)) if args.config else WorldClipConfig()
-        cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-        train_world_clip(Path(args.world), Path(args.out), cfg)
-    except ThumbsaeError as err:
-        print(f"world_clip: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
