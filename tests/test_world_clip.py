@@ -15,7 +15,6 @@ from thumbsae.activations.model_configs import TINY_VIT_NAME, register_shipped_c
 from thumbsae.activations.world_clip import (
     WorldClipConfig,
     fit_world_clip,
-    main,
     save_world_clip,
     sidecar_path,
     train_world_clip,
@@ -109,10 +108,10 @@ def test_bad_world_or_output_is_one_clear_error(tmp_path, world, capsys):
         train_world_clip(tmp_path / "nowhere", tmp_path / "m.safetensors", progress=False)
     with pytest.raises(ThumbsaeError, match=".safetensors"):
         train_world_clip(world, tmp_path / "m.pt", progress=False)
-    assert (
-        main(["--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors")]) == 2
-    )
-    assert "world_clip: error:" in capsys.readouterr().err
+    from thumbsae.cli import main
+
+    assert main(["world-clip", "--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "thumbsae world-clip: error:" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
 
 
