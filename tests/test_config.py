@@ -18,7 +18,7 @@ ENTRY_CONFIGS = ("train", "evaluate", "extract", "world", "world_clip", "fetch",
 # Values the entry points require on their command line (`???` in the YAML).
 REQUIRED = {
     "world": ["out=/tmp/w"],
-    "world_clip": ["world=/tmp/w", "out=/tmp/m.safetensors"],
+    "world_clip": ["world_dir=/tmp/w", "out=/tmp/m.safetensors"],
     "fetch": ["manifest=m.csv", "out=/tmp/f"],
     "rank": ["source=v.mp4", "sae_dir=s", "model_dir=m", "out=/tmp/r"],
     "compare": ["runs=[a]", "out=/tmp/c"],

@@ -127,9 +127,9 @@ def test_settings_are_validated_with_the_key_named():
 def test_the_config_group_builds_the_dataclass_with_its_defaults():
     from thumbsae.config import build, compose
 
-    cfg = compose("world_clip", ["world=w", "out=o.safetensors"])
+    cfg = compose("world_clip", ["world_dir=w", "out=o.safetensors"])
     assert build(cfg.world_clip, "world_clip") == WorldClipConfig()
-    tweaked = compose("world_clip", ["world=w", "out=o.safetensors", "world_clip.epochs=1"])
+    tweaked = compose("world_clip", ["world_dir=w", "out=o.safetensors", "world_clip.epochs=1"])
     assert build(tweaked.world_clip, "world_clip") == WorldClipConfig(epochs=1)
 
 

@@ -57,8 +57,8 @@ def _world(args: argparse.Namespace, overrides: list[str]) -> int:
 def _world_clip(args: argparse.Namespace, overrides: list[str]) -> int:
     from thumbsae.activations.world_clip import train_world_clip
 
-    cfg = _compose("world_clip", overrides, {"world": args.world, "out": args.out})
-    out = train_world_clip(Path(cfg.world), Path(cfg.out), build(cfg.world_clip, "world_clip"))
+    cfg = _compose("world_clip", overrides, {"world_dir": args.world, "out": args.out})
+    out = train_world_clip(Path(cfg.world_dir), Path(cfg.out), build(cfg.world_clip, "world_clip"))
     print(f"wrote {out}")
     return 0
 
