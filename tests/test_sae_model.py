@@ -37,7 +37,7 @@ def _sae(arch: str = "topk", **kw) -> SparseAutoencoder:
 
 
 def _grads(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
-    return {name: p.grad.clone() for name, p in sae.named_parameters()}
+    return {name: p.grad.clone() for name, p in sae.named_parameters() if p.grad is not None}
 
 
 def _dense_topk_reference(sae, x_BD, idx_BK):
@@ -189,7 +189,7 @@ def test_study_relu_recipe_and_ghost_grads_reach_dead_latents():
     assert (optim.lr, optim.warmup_steps, cfg.b_dec_init, cfg.unit_norm_decoder) == (4e-4, 500, "mean", True)
     assert study_relu()[0].latents == 1024 * 64
     sae = SparseAutoencoder(cfg)
-    x = torch.randn(16, D) + 3.0
+    x = torch.randn(16, D, generator=torch.Generator().manual_seed(10)) + 3.0
     dead = torch.zeros(cfg.latents, dtype=torch.bool)
     dead[:5] = True
     out = sae(x, dead)
@@ -244,22 +244,30 @@ def test_config_errors_are_one_line():
         assert sae_config_from_dict(c.to_dict()) == c
 
 
-def test_row_chunked_encoder_matches_one_chunk(monkeypatch):
+@pytest.mark.parametrize(("arch", "training"), [("topk", True), ("batchtopk", False), ("jumprelu", True), ("jumprelu", False)])
+def test_row_chunked_encoder_matches_one_chunk(monkeypatch, arch, training):
+    """Row chunks of a threshold selection hold different numbers of latents: same result."""
     import thumbsae.sae.sparse_ops as ops
 
-    sae = _sae(aux_coef=1.0, k_aux=5)
+    extra = {"aux_coef": 1.0, "k_aux": 5} if arch != "jumprelu" else {"init_threshold": 0.3, "bandwidth": 0.2}
+    sae = _sae(arch, **extra)
     x = torch.randn(37, D, generator=torch.Generator().manual_seed(7))
+    if arch == "batchtopk":
+        sae.threshold.fill_(0.3)
     dead = torch.zeros(F, dtype=torch.bool)
     dead[::3] = True
     results = []
+    sae.train(training)
     for chunk_elements in (2**25, 5 * F):  # one chunk, then chunks of 5 rows
         monkeypatch.setattr(ops, "_CHUNK_ELEMENTS", chunk_elements)
         sae.zero_grad()
         out = sae(x, dead)
         out.loss.backward()
-        results.append((out.latent_indices.sort(1).values, out.loss.detach(), _grads(sae)))
-    (idx_a, loss_a, grads_a), (idx_b, loss_b, grads_b) = results
-    assert torch.equal(idx_a, idx_b)
+        dense = torch.zeros(37, F).scatter_add(1, out.latent_indices, out.latent_acts.detach())
+        results.append((dense, out.loss.detach(), _grads(sae)))
+    (dense_a, loss_a, grads_a), (dense_b, loss_b, grads_b) = results
+    assert torch.equal(dense_a > 0, dense_b > 0)  # the same latents
+    torch.testing.assert_close(dense_a, dense_b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss_a, loss_b)
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-5, atol=1e-6)

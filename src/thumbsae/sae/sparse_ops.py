@@ -126,6 +126,13 @@ class _SparseEncode(torch.autograd.Function):
                 aux_vals, aux_idx = pre_RF.new_zeros(pre_RF.shape[0], 0), idx.new_zeros(pre_RF.shape[0], 0)
             parts.append((vals, idx, aux_vals, aux_idx))
             del pre_RF
+        if len({part[0].shape[1] for part in parts}) > 1:
+            # Threshold selections give each chunk its own width: pad all to the widest.
+            width, fill = max(part[0].shape[1] for part in parts), float(getattr(select, "fill", 0.0))
+            parts = [
+                (F.pad(v, (0, width - v.shape[1]), value=fill), F.pad(i, (0, width - i.shape[1])), av, ai)
+                for v, i, av, ai in parts
+            ]
         vals_BK, idx_BK, aux_vals_BA, aux_idx_BA = (torch.cat(t) for t in zip(*parts))
         acts_BK = vals_BK.clamp_min(0) if relu else vals_BK
         aux_acts_BA = aux_vals_BA.clamp_min(0)
