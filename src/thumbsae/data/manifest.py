@@ -276,39 +276,36 @@ def _read_csv(path: Path, raw_columns: tuple[str, ...]) -> tuple[pd.DataFrame, d
     """
     text = _decode_text(path)
     delimiter = _delimiter(text)
-    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header: list[str] | None = None
-    rows: list[list[str]] = []
-    problems: dict[int, str] = {}
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        for record in records:
-            if not record:
-                continue  # a blank line
-            if header is None:
-                header = [name.strip() for name in record]
-                continue
-            if len(record) > len(header):
-                problems[len(rows)] = (
-                    f"{len(record)} fields, but the header has {len(header)} "
-                    f"(an unquoted {_DELIMITER_NAMES[delimiter]} inside a value?)"
-                )
-                record = record[: len(header)]
-            elif len(record) < len(header):
-                record = record + [""] * (len(header) - len(record))
-            rows.append(record)
+        records = [record for record in reader if record]  # a blank line is no row
     except csv.Error as err:
-        raise ThumbsaeError(f"{path}: cannot parse CSV on line {records.line_num}: {one_line(err)}") from None
-    if header is None:
+        raise ThumbsaeError(f"{path}: cannot parse CSV on line {reader.line_num}: {one_line(err)}") from None
+    if not records:
         raise ThumbsaeError(f"{path}: empty file (no header row)")
+    header, rows = [name.strip() for name in records[0]], records[1:]
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
         raise ThumbsaeError(f"{path}: duplicate column name(s) {', '.join(map(repr, duplicated))}")
-    columns = {}
+    width = len(header)
+    problems: dict[int, str] = {}
+    if any(len(row) != width for row in rows):
+        for i, row in enumerate(rows):
+            if len(row) > width:
+                problems[i] = (
+                    f"{len(row)} fields, but the header has {width} "
+                    f"(an unquoted {_DELIMITER_NAMES[delimiter]} inside a value?)"
+                )
+                rows[i] = row[:width]
+            elif len(row) < width:
+                rows[i] = row + [""] * (width - len(row))
+    fields = list(zip(*rows)) if rows else [()] * width  # column j: the j-th field of every row
     other = [j for j, name in enumerate(header) if name not in raw_columns]
-    inferred = _infer_types([[row[j] for j in other] for row in rows], len(other)) if other else None
+    inferred = _infer_types([fields[j] for j in other], len(rows)) if other else None
+    columns = {}
     for j, name in enumerate(header):
         if name in raw_columns:
-            columns[name] = pd.Series([row[j] for row in rows], dtype=object)
+            columns[name] = pd.Series(fields[j], dtype=object, index=pd.RangeIndex(len(rows)))
         else:
             columns[name] = inferred.iloc[:, other.index(j)]
     return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)), columns=header), problems
@@ -325,17 +322,17 @@ def _delimiter(text: str) -> str:
     return ","
 
 
-def _infer_types(values: list[list[str]], width: int) -> pd.DataFrame:
-    """pandas' own type inference on already-split fields (rows x width), index 0..N-1."""
+def _infer_types(columns: list[tuple[str, ...]], n_rows: int) -> pd.DataFrame:
+    """pandas' own type inference on already-split columns of `n_rows` fields each, index 0..N-1."""
     buffer = io.StringIO()
     # Every field quoted: a \r or \n inside a value can never split a row (pandas infers the same types).
     writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
-    writer.writerow([f"c{j}" for j in range(width)])
-    writer.writerows(values)
+    writer.writerow([f"c{j}" for j in range(len(columns))])
+    writer.writerows(zip(*columns))
     buffer.seek(0)
     frame = pd.read_csv(buffer, skip_blank_lines=False, dtype=None)
-    if len(frame) != len(values):  # cannot happen with csv-written input; never misalign rows
-        raise ThumbsaeError(f"internal: type inference gave {len(frame)} rows for {len(values)}")
+    if len(frame) != n_rows:  # cannot happen with csv-written input; never misalign rows
+        raise ThumbsaeError(f"internal: type inference gave {len(frame)} rows for {n_rows}")
     return frame
 
 
