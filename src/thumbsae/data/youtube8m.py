@@ -47,7 +47,7 @@ class YT8MImportConfig(YouTubeImportConfig):
 
     image_format: `png` (lossless, ~0.2-0.35 MB a thumbnail) or `jpeg` (`jpeg_quality`, ~0.07 MB).
     chunk_rows: shard rows read at once (memory: chunk_rows x 518 kB). workers: encoding threads
-    (None: one per CPU, at most 8).
+    (None: one per CPU; PIL releases the GIL while it encodes into a file).
     """
 
     image_format: str = "png"
@@ -103,7 +103,7 @@ def import_yt8m(
         leftover.unlink(missing_ok=True)  # a killed run's half-written temporaries
 
     selection = Selection(config)
-    workers = config.workers or min(8, os.cpu_count() or 1)
+    workers = config.workers or os.cpu_count() or 1
     written = 0
     with ThreadPoolExecutor(workers) as pool, tqdm(
         desc="import yt8m", unit="video", disable=not progress, total=sum(_rows(p, h5py) for p in paths)

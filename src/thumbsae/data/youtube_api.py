@@ -130,29 +130,29 @@ class Selection:
 def check_record(record: VideoRecord, require_counts: Sequence[str] = STUDY_COUNTS) -> tuple[dict | None, str | None]:
     """`(manifest row, None)` for a usable record, else `(None, reason)`.
 
-    The row has `MANIFEST_COLUMNS`: `views` an int >= 0, `upload_date` `YYYY-MM-DD` (or "").
+    `viewCount` is always required, `require_counts` too. The row has `MANIFEST_COLUMNS`: `views`
+    an int >= 0, `upload_date` `YYYY-MM-DD` (or "").
     """
     video_id = "" if record.video_id is None else str(record.video_id).strip()
     if not video_id:
         return None, "empty video_id"
     if not _VIDEO_ID.match(video_id):
         return None, f"video_id {video_id[:80]!r} is not a YouTube id (letters, digits, - and _)"
-    for name in require_counts:
+    counts = {}
+    for name in ("viewCount", *(c for c in require_counts if c != "viewCount")):  # views first: always needed
         value = record.counts.get(name)
         if value is None or (isinstance(value, str) and not value.strip()):
             return None, f"missing {name}"
-        count, reason = parse_views(value)
+        counts[name], reason = parse_views(value)
         if reason is not None:
             return None, f"bad {name}: {reason.removeprefix('views ')}"
-        if name == "viewCount":
-            views = count
     date, reason = parse_upload_date(record.published_at)
     if reason is not None:
         return None, f"bad publishedAt: {reason.split(': ', 1)[-1]}"
     return {
         "video_id": video_id,
         "image": record.image,
-        "views": views,
+        "views": counts["viewCount"],
         "channel_id": _text(record.channel_id),
         "upload_date": date,
         "title": _text(record.title),
