@@ -73,13 +73,11 @@ def short_video(world: Path) -> Path:
 
 def train_store_folder(overrides: list[str]) -> Path:
     """The store folder `train.py` with these overrides looks up (so extract.py can fill it first)."""
-    from hydra import compose, initialize_config_dir
-
+    from thumbsae.config import build, compose
     from thumbsae.tasks.extract import store_folder
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
-    return store_folder(cfg, cfg.data.train, "images")
+    cfg = compose("train", overrides)
+    return store_folder(cfg.data.train, "images", build(cfg.activations, "activations"), build(cfg.model, "model"))
 
 
 def main() -> None:
@@ -109,13 +107,14 @@ def main() -> None:
                                           "--thumbnails", str(args.thumbnails), "--reference-per-class",
                                           str(args.reference_per_class), "--size", "320", "240"], env, out)
     store = train_store_folder(train_overrides)
-    stages["extract"] = run_stage("extract", [*python, "extract.py", *extract_overrides, f"world.out={world}",
+    stages["extract"] = run_stage("extract", [*python, "extract.py", *extract_overrides, f"paths.world={world}",
                                               f"source={world / 'reference.csv'}", "kind=images",
                                               f"out={store}"], env, out)
     stages["train"] = run_stage("train", [*python, "train.py", *train_overrides, f"hydra.run.dir={run}"], env, out)
     stages["evaluate"] = run_stage("evaluate", [
-        *python, "evaluate.py", *common, *data, f"sae_dir={run / 'sae'}", f"hydra.run.dir={evaluated}",
-        "trainer=cpu", "logger=csv", "eval.group_size=10", "eval.n_side=5", "eval.threshold=0.0",
+        # The SAE names its CLIP and hook, so evaluate takes no model.* or training overrides.
+        *python, "evaluate.py", "experiment=study", *data, f"sae_dir={run / 'sae'}", f"hydra.run.dir={evaluated}",
+        "logger=csv", "eval.group_size=10", "eval.n_side=5", "eval.threshold=0.0",
         "eval.n_null=20000", "eval.n_permutations=20", "eval.n_bootstrap=100",
     ], env, out)
     video = short_video(world)
