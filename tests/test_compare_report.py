@@ -11,8 +11,12 @@ import pytest
 from chromium import load_page, needs_chromium
 
 from thumbsae.errors import ThumbsaeError
-from thumbsae.report.compare_report import EVALUATION_COLUMNS, find_evaluations, write_comparison_report
-from thumbsae.sae import SAEConfig, SparseAutoencoder, save_sae
+from thumbsae.report.compare_report import (
+    EVALUATION_COLUMNS,
+    find_evaluations,
+    write_comparison_report,
+)
+from thumbsae.sae import SparseAutoencoder, TopKConfig, save_sae
 from thumbsae.sae.compare import COLUMNS
 
 META = {
@@ -26,7 +30,7 @@ HOSTILE = '<img src=x onerror="alert(1)">'
 
 def _run(root: Path, name: str, expansion: int, fvu: float, dead: float) -> Path:
     run = root / name
-    save_sae(SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=expansion, k=4)), run / "sae", META)
+    save_sae(SparseAutoencoder(TopKConfig(d_in=8, expansion_factor=expansion, k=4)), run / "sae", META)
     metrics = {"name": name, "fvu": fvu, "explained_variance": 1 - fvu, "l0": 4.0, "dead_fraction": dead,
                "dense_fraction": 0.01}
     (run / "metrics.json").write_text(json.dumps(metrics))

@@ -103,13 +103,13 @@ def test_step_bar_counts_optimiser_steps_up_to_max_steps(tmp_path, capsys):
 
     from thumbsae.activations import ActivationDataModule
     from thumbsae.activations.store import store_from_array
-    from thumbsae.sae import SAELitModule, sae_config_from_dict
+    from thumbsae.sae import OptimConfig, SAELitModule, TopKConfig
 
     acts = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
     store = store_from_array(tmp_path / "store", acts, [f"v{i}" for i in range(64)])
     datamodule = ActivationDataModule([store.path], batch_size=16, val_fraction=0.25, shuffle_buffer=64)
     datamodule.setup("fit")
-    module = SAELitModule(sae_config_from_dict({"d_in": 16, "n_latents": 32, "k": 4, "batch_size": 16}))
+    module = SAELitModule(TopKConfig(d_in=16, n_latents=32, k=4), OptimConfig())
     bar = step_progress_bar("train SAE")
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=30, max_epochs=-1, val_check_interval=10, check_val_every_n_epoch=None,
