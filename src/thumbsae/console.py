@@ -17,8 +17,9 @@ import warnings
 from typing import Any
 
 OWN_LOGGER = "thumbsae"
-# Records of these loggers are this package's own lines ("__main__": train.py, evaluate.py, ...).
-_OWN_PREFIXES = (OWN_LOGGER, "__main__")
+# Records of these loggers are this package's own lines ("__main__": train.py, evaluate.py, ...;
+# "hydra": the multirun launcher's "#1 : sae.expansion_factor=16", part of the command run).
+_OWN_PREFIXES = (OWN_LOGGER, "__main__", "hydra")
 
 
 def _is_own(name: str) -> bool:
@@ -63,7 +64,8 @@ def quiet_third_party(verbose: bool | str | list | None = None) -> None:
     of them; any of these counts); None asks the running Hydra job (`hydra_verbose()`, False
     outside Hydra). Not verbose:
     - every console handler of the root logger (a stderr one is added when there is none) passes
-      only `thumbsae.*` / `__main__` records and errors of anyone; file handlers keep everything;
+      only `thumbsae.*`, `__main__` and Hydra launcher records and anyone's errors; file handlers
+      keep everything;
     - Python warnings are ignored except those raised from thumbsae's own modules;
     - W&B's terminal lines are silenced (`WANDB_SILENT=true` unless already set).
     Safe to call more than once.
