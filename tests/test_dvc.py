@@ -42,7 +42,7 @@ def test_world_stage_reproduces_and_is_then_up_to_date(tmp_path, repo_root):
     env = _env()
     world_cfg = tmp_path / "conf" / "world" / "default.yaml"
     params = yaml.safe_load(world_cfg.read_text())
-    params.update(thumbnails=48, reference_per_class=2, channels=4, width=32, height=32)
+    params.update(n_thumbnails=48, n_reference_per_class=2, n_channels=4, width=32, height=32)
     world_cfg.write_text(yaml.safe_dump(params))
     stages = dvc("stage", "list", cwd=tmp_path, env=env).stdout
     names = [line.split()[0] for line in stages.splitlines() if line.strip()]
