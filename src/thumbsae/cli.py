@@ -25,7 +25,7 @@ OVERRIDE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.@/-]*(=.*)?$")
 
 
 # Flags that take no value (the word after them is an argument of its own).
-SWITCHES = frozenset({"--null", "--no-progress", "--help"})
+SWITCHES = frozenset({"--null", "--no-progress", "--views-only", "--help"})
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -78,8 +78,13 @@ def _fetch(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _import(args: argparse.Namespace, overrides: list[str]) -> int:
     importer = args.source.replace("-", "_")
-    cfg = _compose("import", [f"importer={importer}", *overrides],
-                   {"inputs": list(args.inputs), "out": args.out, "importer.keep_first": args.keep_first})
+    flags = {"inputs": list(args.inputs), "out": args.out, "importer.keep_first": args.keep_first,
+             "importer.require_counts": ["viewCount"] if args.views_only else None}
+    if args.image_format is not None:
+        if importer != "yt8m":
+            raise ThumbsaeError("--image-format: only yt8m imports write images (youtube-api writes URLs)")
+        flags["importer.image_format"] = args.image_format
+    cfg = _compose("import", [f"importer={importer}", *overrides], flags)
     config = build(cfg.importer, "importer")
     if importer == "yt8m":
         from thumbsae.data.youtube8m import import_yt8m
@@ -200,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_argument("inputs", nargs="+", help="yt8m: SHARD.h5 files; youtube-api: videos.list JSON files")
     imports.add_argument("--out", required=True, help="output folder (manifest.csv, rejects.csv, images/)")
     imports.add_argument("--keep-first", type=int, default=None, help="keep the first N usable videos (importer.keep_first)")
+    imports.add_argument("--views-only", action="store_true",
+                         help="require only the view count, not likes and comments (importer.require_counts)")
+    imports.add_argument("--image-format", choices=("png", "jpeg"), default=None, help="yt8m images (importer.image_format)")
 
     rank = command("rank", _rank, "rank candidate stills of a video or a folder of drafts (conf/rank.yaml)")
     rank.add_argument("source", help="a video file, or a folder of images")
