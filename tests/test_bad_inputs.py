@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
+from serving import ScriptedServer, send_bytes, too_many_requests, trickle
 
 import thumbsae.data.images as images_module
-from serving import ScriptedServer, send_bytes, too_many_requests, trickle
 from thumbsae.activations.model_configs import register_model_config, tiny_vit_config
 from thumbsae.analysis.recovery import load_ground_truth
 from thumbsae.cli import main as cli_main
