@@ -6,30 +6,28 @@
 Composes conf/evaluate.yaml and runs `thumbsae.tasks.evaluate.evaluate`.
 """
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from thumbsae.errors import ThumbsaeError
+from thumbsae.tasks.entry import check_command_line, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.evaluate import evaluate
+    hydra_cfg = HydraConfig.get()
 
-    out_dir = HydraConfig.get().runtime.output_dir
-    try:
-        summary = evaluate(cfg, out_dir)
-    except ThumbsaeError as err:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(
-        f"wrote {out_dir}: {summary['n_features_tested']} features tested, "
-        f"selection_null_p={summary['selection_null_p']:.4g}"
-    )
+    def task() -> str:
+        from thumbsae.tasks.evaluate import evaluate
+
+        out_dir = hydra_cfg.runtime.output_dir
+        summary = evaluate(cfg, out_dir, overrides=list(hydra_cfg.overrides.task))
+        return (f"wrote {out_dir}: {summary['n_features_tested']} features tested, "
+                f"selection_null_p={summary['selection_null_p']:.4g}")
+
+    run_task("evaluate.py", task)
 
 
 if __name__ == "__main__":
+    check_command_line("evaluate.py", "evaluate")
     main()

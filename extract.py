@@ -1,34 +1,28 @@
 """Extract CLIP activations of an image set into a shard store (the DVC `extract_*` stages).
 
     python extract.py source=data/world/reference.csv kind=images out=data/stores/train
+    torchrun --nproc-per-node N extract.py ...     # N processes share the shards of one store
 
-Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract_store`.
+Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract`.
 """
-
-import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from thumbsae.errors import ThumbsaeError
+from thumbsae.tasks.entry import check_command_line, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
-    from thumbsae.tasks.extract import extract_store
+    def task() -> str:
+        from thumbsae.tasks.extract import extract
 
-    try:
-        ensure_world(cfg)
-        ensure_world_clip(cfg)
-        out = Path(cfg.out)
-        store, _ = extract_store(cfg, cfg.source, kind=cfg.kind, rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
-    except ThumbsaeError as err:
-        print(f"extract.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"wrote {store.path}: {store.n} rows x {store.d}")
+        store, is_main = extract(cfg)
+        return f"wrote {store.path}: {store.n} rows x {store.d}" if is_main else ""
+
+    run_task("extract.py", task)
 
 
 if __name__ == "__main__":
+    check_command_line("extract.py", "extract")
     main()

@@ -3,29 +3,28 @@
     python train.py data.train=IMAGES hydra.run.dir=RUN      # writes RUN/sae/
     python train.py -m sae.expansion_factor=8,16,32,64      # one run per size
 
-Composes conf/train.yaml, runs `thumbsae.tasks.train.train`, always closes the loggers.
+Composes conf/train.yaml, runs `thumbsae.tasks.train.train`; the loggers are always closed.
 """
-
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from thumbsae.errors import ThumbsaeError
+from thumbsae.tasks.entry import check_command_line, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    from thumbsae.tasks.train import train
+    hydra_cfg = HydraConfig.get()
 
-    try:
-        sae_dir = train(cfg, HydraConfig.get().runtime.output_dir)
-    except ThumbsaeError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(f"wrote {sae_dir}")
+    def task() -> str:
+        from thumbsae.tasks.train import train
+
+        return f"wrote {train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))}"
+
+    run_task("train.py", task)
 
 
 if __name__ == "__main__":
+    check_command_line("train.py", "train")
     main()

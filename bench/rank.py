@@ -8,7 +8,8 @@ Two anchors, measured in the same run on the same file:
   (`for frame in container.decode(stream): pass`, threads on): decode_ratio, target 0.8.
 
 The video (x264 `veryfast`: CABAC, B-frames, 250-frame GOP, as a creator's export) and a tiny
-model (`write_demo_models`: random-weight tiny CLIP, small SAE, engagement model) are cached under
+model (`tests/demo_models.py`: random-weight tiny CLIP, small SAE trained by the real trainer,
+engagement model) are cached under
 bench/out/. Last line: JSON with `ratio` = min(total_ratio / 1, decode_ratio / 0.8) (>= 1 when both
 targets are met), `target` 1.0, and both sub-ratios with their own targets.
 
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,10 @@ import av
 import numpy as np
 
 from thumbsae.video import VideoConfig, find_candidates, run_rank
-from thumbsae.video.synthetic import Shot, world_shot, write_demo_models, write_video
+from thumbsae.video.synthetic import Shot, world_shot, write_video
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from demo_models import write_demo_models  # noqa: E402  (the tests' builder, with the real trainer)
 
 MOTIFS = ["food", "face", "sports_field", "car", "animal", "text_overlay", "red_arrow",
           "outdoor_long_shot", "indoor_room", "night_scene"]

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from thumbsae.sae import SAEConfig, SparseAutoencoder
+from thumbsae.sae import SparseAutoencoder, TopKConfig
 
 TARGET = 0.5  # at least half of what the encoder matmul alone allows
 
@@ -65,7 +65,7 @@ def main() -> int:
     x = torch.nn.functional.embedding_bag(idx, basis, per_sample_weights=torch.rand(args.batch, 8, generator=gen), mode="sum")
     x = (x + 0.05 * torch.randn(args.batch, args.d, generator=gen)).to(device)
 
-    cfg = SAEConfig(arch="topk", d_in=args.d, expansion_factor=args.expansion, k=args.k, dead_window_tokens=1)
+    cfg = TopKConfig(d_in=args.d, expansion_factor=args.expansion, k=args.k, dead_window_tokens=1)
     sae = SparseAutoencoder(cfg).to(device)
     sae.init_b_dec(x, "mean")
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)

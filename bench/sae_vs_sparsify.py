@@ -1,6 +1,8 @@
-"""TopK SAE training throughput and quality: thumbsae vs EleutherAI sparsify, same data and steps.
+"""TopK SAE training throughput and quality: thumbsae vs EleutherAI sparsify, same data and steps;
+and our other architectures at the same L0.
 
     SPARSIFY_DISABLE_TRITON=1 .venv/bin/python bench/sae_vs_sparsify.py [--steps 6] [--threads 2]
+        [--archs batchtopk,matryoshka,jumprelu]
 
 Both train a TopK SAE (d=768, 32x, k=32, batch 4096, Adam, unit-norm decoder with the parallel
 gradient removed, b_dec = first batch mean, AuxK) on the same synthetic activations (>= 200k x 768,
@@ -10,6 +12,11 @@ of each on a held-out batch after the same tokens, ours as a fraction of the bou
 bare fp32 encoder matmul [B, d] x [d, F] alone, a bf16 attempt (autocast), and FLOPs per token at
 d=1024, 64x, k=32. eai-sparsify is a bench-only extra (`pip install eai-sparsify`); without it the
 anchor is a dense-backward TopK written here with plain autograd.
+
+`--archs` also trains our BatchTopK (k per row on average), Matryoshka BatchTopK (prefixes 1/16 ..
+1/1) and JumpReLU (thresholds calibrated to L0 = k on the first batch, quadratic penalty around
+k) the same way, and reports each one's tokens/s, its ratio to the anchor, and its FVU and L0 on
+the held-out batch (matched L0: k).
 
 Last line: JSON with `ratio` (our tokens/s / sparsify's), `target` (1.5) and the details.
 """
@@ -27,7 +34,7 @@ os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # sparsify's CPU path
 import torch
 import torch.nn.functional as F
 
-from thumbsae.sae import SAEConfig, SparseAutoencoder
+from thumbsae.sae import JumpReLUConfig, SparseAutoencoder, sae_config_from_dict
 
 TARGET = 1.5
 
@@ -50,21 +57,31 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
 
 
+def arch_config(arch: str, d: int, expansion: int, k: int, dead_tokens: int):
+    """Our config of `arch` at L0 = k (per row, on average, or as JumpReLU's target)."""
+    if arch == "jumprelu":
+        return JumpReLUConfig(d_in=d, expansion_factor=expansion, init_l0=k, target_l0=k, l0_coef=0.1)
+    return sae_config_from_dict(
+        {"arch": arch, "d_in": d, "expansion_factor": expansion, "k": k, "aux_coef": 1 / 32, "dead_window_tokens": dead_tokens}
+    )
+
+
 class Ours:
     name = "thumbsae"
 
-    def __init__(self, d: int, expansion: int, k: int, lr: float, dead_tokens: int, autocast: bool = False):
-        cfg = SAEConfig(arch="topk", d_in=d, expansion_factor=expansion, k=k, aux_coef=1 / 32, dead_window_tokens=dead_tokens)
-        self.sae = SparseAutoencoder(cfg)
+    def __init__(self, d: int, expansion: int, k: int, lr: float, dead_tokens: int, autocast: bool = False, arch: str = "topk"):
+        self.sae = SparseAutoencoder(arch_config(arch, d, expansion, k, dead_tokens))
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, fused=True)  # as SAELitModule does
         self.since_fired = torch.zeros(self.sae.n_latents, dtype=torch.long)
-        self.dead_tokens, self.autocast, self.started = dead_tokens, autocast, False
+        self.steps_since = torch.zeros(self.sae.n_latents, dtype=torch.long)
+        self.autocast, self.started = autocast, False
+        self.name = "thumbsae" if arch == "topk" else f"thumbsae {arch}"
 
     def step(self, x: torch.Tensor) -> None:
         if not self.started:
-            self.sae.init_b_dec(x, "mean")
+            self.sae.init_from_sample(x)  # b_dec = mean (and JumpReLU's thresholds)
             self.started = True
-        dead = self.since_fired >= self.dead_tokens
+        dead = self.sae.dead_mask(self.since_fired, self.steps_since)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
             out = self.sae(x, dead)
         out.loss.backward()
@@ -73,12 +90,20 @@ class Ours:
         self.opt.zero_grad(set_to_none=True)
         self.sae.normalize_decoder()
         with torch.no_grad():
+            fired = out.latent_indices[out.latent_acts > 0]
             self.since_fired += x.shape[0]
-            self.since_fired[out.latent_indices[out.latent_acts > 0]] = 0
+            self.since_fired[fired] = 0
+            self.steps_since += 1
+            self.steps_since[fired] = 0
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.sae.eval()(x).sae_out
+
+    @torch.no_grad()
+    def l0(self, x: torch.Tensor) -> float:
+        acts, _ = self.sae.eval().encode(x)
+        return float((acts > 0).sum(1).float().mean())
 
 
 class Sparsify:
@@ -199,6 +224,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=None, help="default: sparsify's Adam rule 2e-4/sqrt(F/2^14)")
     parser.add_argument("--dead-tokens", type=int, default=10_000_000, help="AuxK dead window, both sides")
     parser.add_argument("--bf16-steps", type=int, default=0, help="timed bf16-autocast steps of ours (slow on CPUs without bf16 units)")
+    parser.add_argument("--archs", default="batchtopk,matryoshka,jumprelu", help="our other architectures to time at L0 = k ('' for none)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n_latents = args.d * args.expansion
@@ -220,8 +246,18 @@ def main() -> int:
     for impl in (Ours(*sizes), anchor_cls(*sizes)):
         tps, seconds = train(impl, data, args.steps, args.batch)
         results[impl.name] = {"tokens_per_s": tps, "seconds": seconds, "fvu": fvu(heldout, impl.reconstruct(heldout))}
+        if isinstance(impl, Ours):
+            results[impl.name]["l0"] = impl.l0(heldout)
         print(f"{impl.name:>22}: {tps:9.1f} tokens/s  FVU {results[impl.name]['fvu']:.4f}  ({seconds:.1f} s)", file=sys.stderr)
     ours, anchor = results["thumbsae"], results[anchor_cls.name]
+    architectures = {"topk": {**ours, "ratio_to_anchor": ours["tokens_per_s"] / anchor["tokens_per_s"]}}
+    for arch in [a for a in args.archs.split(",") if a]:
+        impl = Ours(*sizes, arch=arch)
+        tps, seconds = train(impl, data, args.steps, args.batch)
+        row = {"tokens_per_s": tps, "seconds": seconds, "fvu": fvu(heldout, impl.reconstruct(heldout)), "l0": impl.l0(heldout)}
+        row["ratio_to_anchor"] = tps / anchor["tokens_per_s"]
+        architectures[arch] = row
+        print(f"{impl.name:>22}: {tps:9.1f} tokens/s  FVU {row['fvu']:.4f}  L0 {row['l0']:.1f}  ({seconds:.1f} s)", file=sys.stderr)
 
     bound_tps = args.batch / matmul_seconds(args.batch, args.d, n_latents)
     report = {
@@ -243,6 +279,7 @@ def main() -> int:
         "k": args.k,
         "threads": args.threads,
         "flops_per_token_d1024_x64_k32": flops_per_token(1024, 1024 * 64, 32),
+        "architectures": architectures,
     }
     # bf16: the encoder product under autocast on a small batch says whether this CPU has fast bf16
     # at all (without AVX512-BF16 / AMX it is many times slower than fp32).

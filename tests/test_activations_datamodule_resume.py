@@ -129,11 +129,10 @@ def test_a_mid_epoch_state_needs_the_same_stream(stores):
 
 
 def fit(dm: ActivationDataModule, steps: int, callbacks=(), **kw):
-    from thumbsae.sae import SAEConfig, SAELitModule
+    from thumbsae.sae import OptimConfig, SAELitModule, TopKConfig
 
-    cfg = SAEConfig(arch="topk", d_in=D, expansion_factor=4, k=2, dead_window_tokens=64, lr=3e-3, warmup_steps=3,
-                    batch_size=dm.batch_size, input_scale=dm.scale)
-    module = SAELitModule(cfg)
+    cfg = TopKConfig(d_in=D, expansion_factor=4, k=2, dead_window_tokens=64, input_scale=dm.scale)
+    module = SAELitModule(cfg, OptimConfig(lr=3e-3, warmup_steps=3))
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,
                          enable_checkpointing=bool(callbacks), callbacks=list(callbacks), enable_progress_bar=False,
                          enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)

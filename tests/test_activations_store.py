@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from thumbsae.activations import ActivationStore, embed_images, extract_to_store, load_clip, store_content_hash
+from thumbsae.activations import decoding
 from thumbsae.activations import extract as extract_module
 from thumbsae.errors import ThumbsaeError
 
@@ -149,8 +150,8 @@ def test_lockstep_workers_write_the_same_bytes_as_decoding_in_process(micro, ima
 def test_workers_decoding_ahead_as_on_a_gpu_write_the_same_bytes(micro, image_table, tmp_path, monkeypatch):
     """The GPU path (DataLoader workers decoding whole batches ahead), run here on the CPU."""
     inline = _extract(image_table, micro, tmp_path / "inline", tokens="all", batch_size=5, shard_rows=40)
-    monkeypatch.setattr(extract_module, "_in_lockstep", lambda device: False)
-    monkeypatch.setattr(extract_module, "_lockstep_stream", None)  # must not be reached
+    monkeypatch.setattr(decoding, "in_lockstep", lambda device: False)
+    monkeypatch.setattr(decoding, "lockstep_stream", None)  # must not be reached
     _extract(image_table, micro, tmp_path / "ahead", tokens="all", batch_size=5, shard_rows=40, num_workers=2)
     assert _bytes_of(tmp_path / "ahead") == _bytes_of(inline.path)
 

@@ -89,7 +89,7 @@ def test_a_good_architecture_is_registered_without_leaving_a_temp_folder(tmp_pat
 
 def test_a_shared_sae_cannot_make_rank_write_outside_its_folder(tmp_path, monkeypatch, capsys):
     """The issue's attack: `clip.name` climbing out of the temp folder, reached by `thumbsae rank --sae`."""
-    from thumbsae.sae import SAEConfig, SparseAutoencoder, save_sae
+    from thumbsae.sae import SparseAutoencoder, TopKConfig, save_sae
 
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -97,7 +97,7 @@ def test_a_shared_sae_cannot_make_rank_write_outside_its_folder(tmp_path, monkey
     target = tmp_path / "escaped"
     clip = {"name": os.path.relpath(target, scratch / "thumbsae-model-config-xxxxxxxx"), "overrides": tiny_vit_config()}
     sae_dir = save_sae(
-        SparseAutoencoder(SAEConfig(d_in=128, expansion_factor=2, k=4)), tmp_path / "shared_sae",
+        SparseAutoencoder(TopKConfig(d_in=128, expansion_factor=2, k=4)), tmp_path / "shared_sae",
         {"clip": clip, "hook": {"layer": -2, "tokens": "cls", "fit": "pad"}, "normalisation": {"input_scale": 1.0}},
     )
     drafts = tmp_path / "drafts"
@@ -394,7 +394,7 @@ def test_folder_sets_report_broken_entries_as_rejects(tmp_path):
 def test_outputs_get_the_modes_the_umask_gives(tmp_path, umask, file_mode, dir_mode):
     import torch
 
-    from thumbsae.sae import SAEConfig, SparseAutoencoder, save_sae
+    from thumbsae.sae import SparseAutoencoder, TopKConfig, save_sae
 
     previous = os.umask(umask)
     try:
@@ -403,7 +403,7 @@ def test_outputs_get_the_modes_the_umask_gives(tmp_path, umask, file_mode, dir_m
         with atomic_dir(tmp_path / "folder") as folder:
             save_file({"w": torch.zeros(2)}, str(folder / "weights.safetensors"))  # created 0600
             (folder / "sub").mkdir()
-        save_sae(SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
+        save_sae(SparseAutoencoder(TopKConfig(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
     finally:
         os.umask(previous)
     for path in ["a.json", "b.bin", "folder/weights.safetensors", "sae/sae.safetensors", "sae/config.json"]:

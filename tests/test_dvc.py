@@ -1,4 +1,5 @@
-"""The DVC pipeline file is valid and its `world` stage reproduces offline (on a tiny world)."""
+"""The DVC pipeline: valid, CPU-independent inputs, metrics in git, offline plots, and its `world`
+stage reproduces offline (on a tiny world)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from PIL import Image
+
+SIZES = (8, 16, 32)
 
 
 def dvc(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -19,24 +24,80 @@ def dvc(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return proc
 
 
-def test_world_stage_reproduces_and_is_then_up_to_date(tmp_path, repo_root):
-    for item in ("dvc.yaml", "conf", "src/thumbsae/world", "src/thumbsae/resources"):
+def _env() -> dict:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def _project(tmp_path: Path, repo_root: Path, items: tuple[str, ...]) -> Path:
+    for item in items:
         src, dst = repo_root / item, tmp_path / item
         dst.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    dvc("init", "--no-scm", "-q", cwd=tmp_path, env=_env())
+    return tmp_path
+
+
+def test_world_stage_reproduces_and_is_then_up_to_date(tmp_path, repo_root):
+    _project(tmp_path, repo_root, ("dvc.yaml", "conf", "src/thumbsae/world", "src/thumbsae/resources"))
+    env = _env()
     world_cfg = tmp_path / "conf" / "world" / "default.yaml"
     params = yaml.safe_load(world_cfg.read_text())
-    params.update(thumbnails=48, reference_per_class=2, channels=4, width=32, height=32)
+    params.update(n_thumbnails=48, n_reference_per_class=2, n_channels=4, width=32, height=32)
     world_cfg.write_text(yaml.safe_dump(params))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    dvc("init", "--no-scm", "-q", cwd=tmp_path, env=env)
     stages = dvc("stage", "list", cwd=tmp_path, env=env).stdout
-    for name in ("world", "world_clip", "extract_train", "train@8", "train@16", "train@32", "evaluate", "compare"):
-        assert name in stages, name
+    names = [line.split()[0] for line in stages.splitlines() if line.strip()]
+    expected = ["world", "extract_train", "extract_thumbnails", "extract_reference"]
+    expected += [f"train@{s}" for s in SIZES] + [f"evaluate@{s}" for s in SIZES] + ["compare"]
+    assert names == expected
     dvc("repro", "world", cwd=tmp_path, env=env)
     lines = (tmp_path / "data" / "world" / "thumbnails.csv").read_text().splitlines()
     assert len(lines) == 48 + 1
+    assert (tmp_path / "data" / "world" / "demo.mp4").stat().st_size > 1000
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
     assert lock["stages"]["world"]["params"]["conf/world/default.yaml"]["thumbnails"] == 48
     status = dvc("status", "world", cwd=tmp_path, env=env).stdout
     assert "up to date" in status.lower() or "everything is up to date" in status.lower()
+
+
+def test_no_default_stage_reads_a_cpu_dependent_clip(repo_root):
+    """The default pipeline reads the shipped CLIP; the retrain is its own pipeline."""
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    deps = [d for stage in stages.values() for d in stage.get("deps", [])]
+    assert not [d for d in deps if str(d).startswith("data/world_clip")]
+    assert "src/thumbsae/resources/world_clip" in stages["extract_train"]["deps"]
+    model = yaml.safe_load((repo_root / "conf" / "model" / "tiny_world.yaml").read_text())
+    assert model["pretrained"] == "thumbsae:world_clip"
+    retrain = yaml.safe_load((repo_root / "pipelines" / "world_clip" / "dvc.yaml").read_text())["stages"]
+    assert retrain["world_clip"]["outs"] == ["data/world_clip/model.safetensors"]
+
+
+def test_plots_render_offline(tmp_path, repo_root):
+    """Every declared plot is an image: `dvc plots show` writes a page with no script and no URL."""
+    _project(tmp_path, repo_root, ("dvc.yaml", "conf"))
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    plots = [next(iter(p)) for p in stages["evaluate"]["plots"]]
+    assert plots and all(p.endswith(".png") for p in plots)
+    for size in SIZES:
+        for plot in plots:
+            path = tmp_path / plot.replace("${item.size}", str(size))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (40, 30), (size * 7, 80, 120)).save(path)
+    dvc("plots", "show", "-o", "dvc_plots", cwd=tmp_path, env=_env())
+    page = (tmp_path / "dvc_plots" / "index.html").read_text()
+    assert "<script" not in page and "http" not in page
+    images = [line.split('src="')[1].split('"')[0] for line in page.splitlines() if "<img" in line]
+    assert len(images) == len(plots) * len(SIZES)
+    assert all((tmp_path / "dvc_plots" / src).is_file() for src in images)
+
+
+def test_metrics_and_plot_images_are_committed_not_ignored(repo_root):
+    if not (repo_root / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = ["runs/train/x8/metrics.json", "runs/evaluate/x16/summary.json", "runs/evaluate/x16/recovery.json",
+               "runs/evaluate/x32/plots/magnitude.png"]
+    ignored = ["runs/train/x8/timing.json", "runs/train/x8/sae/sae.safetensors", "runs/train/x8/checkpoints/last.ckpt",
+               "runs/evaluate/x8/feature_groups.csv", "runs/evaluate/x8/plots/magnitude.csv", "runs/compare/index.html",
+               "data/world/demo.mp4"]
+    for path in tracked + ignored:
+        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=repo_root)
+        assert proc.returncode == (0 if path in ignored else 1), path

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 SEED = 2026
 TRAIN = ["model=tiny_random", "trainer.max_steps=24", "trainer.val_check_interval=12", "sae.expansion_factor=2",
-         "sae.k=4", "sae.batch_size=128", "logger=csv", "checkpoint_every=6"]
+         "sae.k=4", "datamodule.batch_size=128", "logger=csv", "callbacks.model_checkpoint.every_n_train_steps=6"]
 EVALUATE = ["eval.group_size=10", "eval.n_side=3", "eval.n_null=2000", "eval.n_permutations=10",
             "eval.n_bootstrap=50", "logger=csv"]
 # Files that record how long something took, or a log: they differ between any two runs.

@@ -215,9 +215,10 @@ def test_real_activation_store_matches_the_in_memory_array(tmp_path):
 @pytest.mark.parametrize("arch", ["topk", "relu"])
 def test_real_sparse_autoencoder_pools_like_its_dense_latents(arch):
     """The team's SAE (zero-padded rows for relu, input scaling inside encode) against `encode_dense`."""
-    from thumbsae.sae import SAEConfig, SparseAutoencoder
+    from thumbsae.sae import SparseAutoencoder, sae_config_from_dict
 
-    sae = SparseAutoencoder(SAEConfig(arch=arch, d_in=8, n_latents=48, k=4, input_scale=1.5)).eval()
+    sizes = {"arch": arch, "d_in": 8, "n_latents": 48, "input_scale": 1.5, **({"k": 4} if arch == "topk" else {})}
+    sae = SparseAutoencoder(sae_config_from_dict(sizes)).eval()
     x_NTD = np.random.default_rng(7).normal(size=(9, 5, 8)).astype(np.float32)
     with torch.no_grad():
         dense_NTF = sae.encode_dense(torch.as_tensor(x_NTD.reshape(-1, 8))).reshape(9, 5, 48).double().numpy()

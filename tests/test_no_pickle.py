@@ -106,7 +106,7 @@ def test_loaders_refuse_a_malicious_pickle_without_running_it(tmp_path):
     from thumbsae.activations import load_clip
     from thumbsae.analysis.predictor import FORMAT, EngagementModel
     from thumbsae.errors import ThumbsaeError
-    from thumbsae.sae import SAEConfig, SparseAutoencoder, load_sae, save_sae
+    from thumbsae.sae import SparseAutoencoder, TopKConfig, load_sae, save_sae
 
     marker = tmp_path / "code-ran"
     # The payload works: plain pickle runs it.
@@ -114,7 +114,7 @@ def test_loaders_refuse_a_malicious_pickle_without_running_it(tmp_path):
     assert marker.exists()
     marker.unlink()
 
-    sae_dir = save_sae(SparseAutoencoder(SAEConfig(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
+    sae_dir = save_sae(SparseAutoencoder(TopKConfig(d_in=8, expansion_factor=2, k=2)), tmp_path / "sae")
     _malicious(sae_dir / "sae.safetensors", marker)
     with pytest.raises(ThumbsaeError, match="not a readable safetensors file"):
         load_sae(sae_dir)

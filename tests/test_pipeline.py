@@ -24,7 +24,7 @@ SUMMARY_KEYS = {
 # Small but real: the tiny world, the tiny random CLIP, a short TopK run.
 TRAIN_OVERRIDES = [
     "model=tiny_random", "trainer.max_steps=40", "trainer.val_check_interval=20", "sae.expansion_factor=4", "sae.k=8",
-    "sae.batch_size=256", "logger=csv",
+    "datamodule.batch_size=256", "logger=csv",
 ]
 EVAL_OVERRIDES = [
     "eval.group_size=20", "eval.n_side=5", "eval.n_null=20000", "eval.n_permutations=30",

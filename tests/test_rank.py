@@ -2,7 +2,7 @@
 
 The fixture's engagement model is a known-good one, because a random-weight tiny CLIP does not
 separate the world's `food` motif from others in general (cross-validated accuracy about 0.6 on
-96 world thumbnails): `write_demo_models` takes each shot's picture, makes 6 crops of it as
+96 world thumbnails): `write_demo_models` (tests/demo_models.py, the real SAE trainer) takes each shot's picture, makes 6 crops of it as
 thumbnails whose views follow the world's planted effects (food x4 and face x2 on one shot,
 sports x0.4, others x1), trains a small SAE for a few steps on their CLIP activations and fits
 the real engagement model on their latents. The video's stills are then new crops of those pictures (a panning window),
@@ -39,7 +39,7 @@ SPORTS_SHOT = 0
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """(video, sae_dir, model_dir, shot bounds) shared by the tests of this module."""
-    from thumbsae.video.synthetic import write_demo_models
+    from demo_models import write_demo_models
 
     folder = tmp_path_factory.mktemp("rank")
     shots = [world_shot(m, size=SIZE, seconds=2.0, seed=300 + i, scene=s) for i, (m, s, _) in enumerate(SHOTS)]
@@ -195,3 +195,31 @@ def test_real_report_loads_in_chromium(demo, tmp_path):
     assert errors == []
     assert facts["ranks"] == [r["rank"] for r in ranking] == list(range(1, len(ranking) + 1))
     assert facts["broken"] == [] and facts["external"] == [] and facts["why"]
+
+
+def test_pairwise_probabilities_and_verdicts_in_ranking(demo, tmp_path):
+    from thumbsae.analysis.engagement import EngagementModel
+    from thumbsae.video.rank import pair_verdict
+
+    out = tmp_path / "ranked"
+    assert _rank(demo, out, "--no-progress") == 0
+    ranking = json.loads((out / "ranking.json").read_text())
+    assert EngagementModel.load(demo[2]).pair_curve is not None
+    last = len(ranking)
+    assert ranking[-1]["p_better_than_next"] is None and ranking[0]["p_first_beats"] is None
+    assert ranking[-1]["verdict_next"] is None and ranking[0]["verdict_first"] is None
+    for r in ranking[:-1]:
+        assert 0.0 <= r["p_better_than_next"] <= 1.0
+        expected = pair_verdict(r["p_better_than_next"], VideoConfig().close_call, better=f"#{r['rank']}", worse=f"#{r['rank'] + 1}")
+        assert r["verdict_next"] == expected
+    for r in ranking[1:]:
+        assert 0.0 <= r["p_first_beats"] <= 1.0
+    # The first and the second carry the same probability from both ends.
+    assert ranking[0]["p_better_than_next"] == ranking[1]["p_first_beats"]
+    # The planted food shot against the planted sports shot (ranked last): clear.
+    assert ranking[-1]["p_first_beats"] >= 0.9 and ranking[-1]["verdict_first"].startswith(f"#1 beats #{last} with probability")
+    # A threshold of 1 makes every pair too close to call.
+    video, sae_dir, model_dir, _ = demo
+    strict = run_rank(video, sae_dir=sae_dir, model_dir=model_dir, out_dir=tmp_path / "strict", progress=False,
+                      cfg=VideoConfig(close_call=1.0))
+    assert [r["verdict_next"] for r in strict] == ["too close to call"] * (len(strict) - 1) + [None]

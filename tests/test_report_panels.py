@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from markupsafe import escape
 from PIL import Image
 
 from thumbsae.errors import ThumbsaeError
@@ -96,8 +96,8 @@ def test_one_panel_per_side_feature_and_escaped_index(tmp_path, inputs):
     for feature, png in [(1, pngs[0]), (2, pngs[1]), (4, pngs[2]), (3, pngs[3])]:
         assert f'href="{png}"' in page and f'id="feature-{feature}"' in page
     assert "<script>" not in page.lower()
-    assert html.escape(EVIL) in page  # the evil name (feature 2) and title (v03, top of feature 1)
-    assert page.count(html.escape(EVIL)) >= 2
+    assert str(escape(EVIL)) in page  # the evil name (feature 2) and title (v03, top of feature 1)
+    assert page.count(str(escape(EVIL))) >= 2
     assert page.index('id="high"') < page.index('id="low"')
     # every link and image source is relative and points at a written file
     for target in re.findall(r'(?:href|src)="([^"#]+)"', page):
@@ -289,3 +289,22 @@ def test_log_evaluation_to_an_offline_wandb_run_and_a_disabled_one(tmp_path, inp
     media = list((run_dir / "files" / "media" / "images").rglob("*.png"))
     tables = list((run_dir / "files" / "media" / "table").rglob("*.table.json"))
     assert len(media) == 6 and len(tables) == 1  # 4 panels + 2 overviews
+
+
+def test_index_loads_in_chromium_with_every_panel(tmp_path, inputs):
+    from chromium import load_page, needs_chromium
+
+    if needs_chromium.args[0]:
+        pytest.skip(needs_chromium.kwargs["reason"])
+    index = _write(tmp_path / "panels", inputs)
+    facts, errors = load_page(index, tmp_path / "profile", """({
+      broken: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute('src')),
+      images: document.images.length,
+      scripts: document.scripts.length,
+      rows: [...document.querySelectorAll('tr[data-feature]')].map(r => Number(r.dataset.feature)),
+      text: document.body.innerText,
+    })""")
+    assert errors == [] and facts["broken"] == [] and facts["scripts"] == 0
+    assert facts["images"] == 2 + 4  # two overviews, four panels
+    assert facts["rows"] == [1, 2, 4, 3]  # high by group statistic, then low
+    assert EVIL in facts["text"]  # shown as text, not run

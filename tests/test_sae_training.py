@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from killing import KillAt
-from thumbsae.sae import SAEConfig, SAELitModule, study_relu_config
+from study_recipe import study_relu
+from thumbsae.sae import OptimConfig, SAEConfig, SAELitModule, sae_config_from_dict
 from thumbsae.sae.lightning import density_summary, max_decoder_cosine
 
 D = 16
@@ -79,15 +80,23 @@ def trainer(max_steps: int, **kw) -> pl.Trainer:
     return pl.Trainer(**opts)
 
 
-def topk_cfg(**kw) -> SAEConfig:
-    base = dict(arch="topk", d_in=D, expansion_factor=4, k=4, dead_window_tokens=96, lr=3e-3, warmup_steps=3, batch_size=32)
-    base.update(kw)
-    return SAEConfig(**base)
+OPTIM_KEYS = ("lr", "warmup_steps", "adam_betas", "adam_eps")
+
+
+def topk_cfg(**kw) -> tuple[SAEConfig, OptimConfig]:
+    """A small TopK SAE (or, with `arch=...`, another architecture) and its optimisation."""
+    base: dict = dict(arch="topk", d_in=D, expansion_factor=4, k=4, dead_window_tokens=96)
+    optim: dict = dict(lr=3e-3, warmup_steps=3)
+    for key, value in kw.items():
+        (optim if key in OPTIM_KEYS else base)[key] = value
+    if base["arch"] in ("relu", "jumprelu"):
+        del base["k"], base["dead_window_tokens"]
+    return sae_config_from_dict(base), OptimConfig(**optim)
 
 
 def test_study_relu_keeps_decoder_rows_unit_norm_and_uses_ghost_grads():
-    cfg = study_relu_config(d_in=D, expansion_factor=4, warmup_steps=2, batch_size=32, dead_window_steps=1, lr=1e-2)
-    module = SAELitModule(cfg)
+    cfg, optim = study_relu(D, ("sae.expansion_factor=4", "sae.dead_window_steps=1", "optim.warmup_steps=2", "optim.lr=1e-2"))
+    module = SAELitModule(cfg, optim)
     data = dictionary_data(256)
     trainer(8).fit(module, Activations(data, 32))
     norms = module.sae.W_dec.detach().norm(dim=1)
@@ -97,7 +106,7 @@ def test_study_relu_keeps_decoder_rows_unit_norm_and_uses_ghost_grads():
 
 
 def test_parallel_gradient_removed_before_the_step():
-    module = SAELitModule(topk_cfg())
+    module = SAELitModule(*topk_cfg())
     out = module.sae(dictionary_data(32))
     out.loss.backward()
     module.on_before_optimizer_step(None)
@@ -108,11 +117,11 @@ def test_parallel_gradient_removed_before_the_step():
 def test_b_dec_starts_at_first_batch_mean_or_given_sample():
     data = dictionary_data(64)
     first = data[torch.randperm(64, generator=torch.Generator().manual_seed(0))[:32]]
-    module = SAELitModule(topk_cfg(lr=1e-12, warmup_steps=1, input_scale=2.0), prescaled=True)
+    module = SAELitModule(*topk_cfg(lr=1e-12, warmup_steps=1, input_scale=2.0), prescaled=True)
     trainer(1).fit(module, Activations(data, 32))
     torch.testing.assert_close(module.sae.b_dec.detach(), first.mean(0), rtol=0, atol=1e-6)
 
-    given = SAELitModule(topk_cfg(b_dec_init="geometric_median", input_scale=2.0), init_sample=data, prescaled=False)
+    given = SAELitModule(*topk_cfg(b_dec_init="geometric_median", input_scale=2.0), init_sample=data, prescaled=False)
     from thumbsae.sae import geometric_median
 
     torch.testing.assert_close(given.sae.b_dec.detach(), geometric_median(data * 2.0).float(), rtol=0, atol=1e-5)
@@ -123,7 +132,7 @@ def test_same_seed_gives_identical_weights():
     data = dictionary_data(256)
     runs = []
     for seed in (0, 0, 1):
-        module = SAELitModule(topk_cfg(seed=seed))
+        module = SAELitModule(*topk_cfg(seed=seed))
         trainer(6).fit(module, Activations(data, 32))
         runs.append({k: v.clone() for k, v in module.state_dict().items()})
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
@@ -136,11 +145,11 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, arch):
     extra = dict(arch="relu", l1_coef=1e-3, ghost_grads=True, dead_window_steps=2, mse_norm="input_norm") if arch == "relu" else {}
     steps, per_epoch = 20, 256 // 32
 
-    full = SAELitModule(topk_cfg(**extra))
+    full = SAELitModule(*topk_cfg(**extra))
     trainer(steps).fit(full, Activations(data, 32))
 
     ckpt_dir = tmp_path / "checkpoints"
-    killed = SAELitModule(topk_cfg(**extra))
+    killed = SAELitModule(*topk_cfg(**extra))
     save = pl.callbacks.ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, every_n_train_steps=per_epoch)
     run = trainer(steps, enable_checkpointing=True, callbacks=[save, KillAt(per_epoch * 2 + 3)])
     try:
@@ -150,7 +159,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, arch):
     assert (ckpt_dir / "last.ckpt").exists()
     assert killed.global_step < steps
 
-    resumed = SAELitModule(topk_cfg(**extra))
+    resumed = SAELitModule(*topk_cfg(**extra))
     run = trainer(steps, enable_checkpointing=True, callbacks=[pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "again"))])
     run.fit(resumed, Activations(data, 32), ckpt_path=str(ckpt_dir / "last.ckpt"), weights_only=True)
     assert resumed.global_step == steps
@@ -162,7 +171,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, arch):
 
 def test_validation_metrics_match_direct_computation(tmp_path):
     data, val = dictionary_data(256), dictionary_data(96, seed=9)
-    module = SAELitModule(topk_cfg(input_scale=0.5), prescaled=False)
+    module = SAELitModule(*topk_cfg(input_scale=0.5), prescaled=False)
     dm = Activations(data, 32, val=val)
     run = trainer(10, limit_val_batches=None, logger=pl.loggers.CSVLogger(tmp_path), log_every_n_steps=1)
     run.fit(module, dm)
@@ -193,7 +202,7 @@ def test_validation_metrics_match_direct_computation(tmp_path):
 
 
 def test_dead_latents_tracked_in_tokens():
-    module = SAELitModule(topk_cfg(dead_window_tokens=64))
+    module = SAELitModule(*topk_cfg(dead_window_tokens=64))
     trainer(5).fit(module, Activations(dictionary_data(256), 32))
     assert int(module.tokens_seen) == 160
     assert int(module.tokens_since_fired.max()) <= 160
@@ -220,7 +229,7 @@ def test_density_histogram_goes_to_wandb_when_attached(monkeypatch):
                 logged.append(payload)
 
     monkeypatch.setattr(SAELitModule, "loggers", property(lambda self: [WandbLogger()]))
-    module = SAELitModule(topk_cfg())
+    module = SAELitModule(*topk_cfg())
     module._log_density_histogram(np.array([0.0, 0.1, 0.01]))
     assert "val/feature_density_log10" in logged[0]
 
@@ -246,9 +255,46 @@ def test_ddp_all_reduces_dead_latent_statistics():
     """Two CPU ranks (gloo): token counts and firing are summed over ranks and b_dec is the mean of
     both ranks' first batches (the weights come back from rank 0)."""
     data = dictionary_data(256)
-    module = SAELitModule(topk_cfg(dead_window_tokens=10_000, lr=1e-12, warmup_steps=1))
+    module = SAELitModule(*topk_cfg(dead_window_tokens=10_000, lr=1e-12, warmup_steps=1))
     run = trainer(3, strategy="ddp_spawn", devices=2, deterministic=False, use_distributed_sampler=False)
     run.fit(module, Interleaved(data, 32))
     assert int(module.tokens_seen) == 3 * 32 * 2
     assert int(module.tokens_since_fired.max()) <= 3 * 32 * 2
     torch.testing.assert_close(module.sae.b_dec.detach(), data[:64].mean(0), rtol=0, atol=1e-5)
+
+
+def test_matryoshka_validation_reports_the_fvu_of_each_prefix():
+    data, val = dictionary_data(256), dictionary_data(96, seed=9)
+    module = SAELitModule(*topk_cfg(arch="matryoshka", prefixes=(8, 32), input_scale=0.5), prescaled=False)
+    dm = Activations(data, 32, val=val)
+    run = trainer(10, limit_val_batches=None)
+    run.fit(module, dm)
+    metrics = run.validate(module, dm, verbose=False)[0]
+    sae = module.sae.eval()
+    with torch.no_grad():
+        out = sae(val)
+    x = val.double() * 0.5
+    centred = (x - x.mean(0)).pow(2).sum()
+    for size in (8, 32, 64):
+        fvu = float((x - out.prefix_sae_out[size].double() * 0.5).pow(2).sum() / centred)
+        assert metrics[f"val/fvu_prefix_{size}"] == pytest.approx(fvu, rel=1e-6)
+    assert metrics["val/fvu_prefix_64"] == pytest.approx(metrics["val/fvu"], rel=1e-9)
+    assert metrics["val/fvu_prefix_8"] > metrics["val/fvu_prefix_64"]
+
+
+def test_jumprelu_thresholds_start_at_init_l0_and_train():
+    data = dictionary_data(512)
+    cfg, optim = topk_cfg(arch="jumprelu", init_l0=3.0, target_l0=3.0, l0_coef=0.1, bandwidth=0.05)
+    module = SAELitModule(cfg, optim, prescaled=False)
+    sae = module.sae
+    sae.init_from_sample(data, prescaled=False)
+    with torch.no_grad():
+        l0 = float((sae.encode_dense(data) > 0).sum(1).float().mean())
+    assert l0 == pytest.approx(3.0, abs=0.2)  # every latent fires on 3/F of the sample
+    start = sae.log_threshold.detach().clone()
+    module.b_dec_ready.fill_(True)
+    trainer(16).fit(module, Activations(data, 32))
+    assert not torch.equal(start, sae.log_threshold.detach())  # the STE moved the thresholds
+    with torch.no_grad():
+        acts, idx = sae.eval().encode(data)
+    assert 1.0 < float((acts > 0).sum(1).float().mean()) < 6.0

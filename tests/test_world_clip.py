@@ -15,7 +15,6 @@ from thumbsae.activations.model_configs import TINY_VIT_NAME, register_shipped_c
 from thumbsae.activations.world_clip import (
     WorldClipConfig,
     fit_world_clip,
-    main,
     save_world_clip,
     sidecar_path,
     train_world_clip,
@@ -109,8 +108,60 @@ def test_bad_world_or_output_is_one_clear_error(tmp_path, world, capsys):
         train_world_clip(tmp_path / "nowhere", tmp_path / "m.safetensors", progress=False)
     with pytest.raises(ThumbsaeError, match=".safetensors"):
         train_world_clip(world, tmp_path / "m.pt", progress=False)
-    assert (
-        main(["--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors")]) == 2
-    )
-    assert "world_clip: error:" in capsys.readouterr().err
+    from thumbsae.cli import main
+
+    assert main(["world-clip", "--world", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "thumbsae world-clip: error:" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_settings_are_validated_with_the_key_named():
+    with pytest.raises(ThumbsaeError, match=r"world_clip.epochs=0: must be >= 1"):
+        WorldClipConfig(epochs=0)
+    with pytest.raises(ThumbsaeError, match=r"world_clip.dtype=bfloat16: must be one of float16, float32"):
+        WorldClipConfig(dtype="bfloat16")
+    with pytest.raises(ThumbsaeError, match=r"world_clip.heldout_fraction=1.0"):
+        WorldClipConfig(heldout_fraction=1.0)
+
+
+def test_the_config_group_builds_the_dataclass_with_its_defaults():
+    from thumbsae.config import build, compose
+
+    cfg = compose("world_clip", ["world_dir=w", "out=o.safetensors"])
+    assert build(cfg.world_clip, "world_clip") == WorldClipConfig()
+    tweaked = compose("world_clip", ["world_dir=w", "out=o.safetensors", "world_clip.epochs=1"])
+    assert build(tweaked.world_clip, "world_clip") == WorldClipConfig(epochs=1)
+
+
+def test_float16_checkpoint_and_its_sidecar_sha256(fitted, tmp_path):
+    import hashlib
+
+    model, report = fitted
+    path = save_world_clip(model, report, tmp_path / "m.safetensors")
+    saved = load_file(str(path))
+    assert {v.dtype for v in saved.values() if v.is_floating_point()} == {torch.float16}
+    sidecar = json.loads(sidecar_path(path).read_text())
+    assert sidecar["dtype"] == "float16" and sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    # The returned model was rounded to float16 already: the saved file holds exactly its weights.
+    state = model.state_dict()
+    assert all(torch.equal(saved[k].float(), state[k].float()) for k in saved)
+
+
+def test_the_shipped_world_clip_loads_by_name_and_matches_its_sha256(repo_root):
+    import yaml
+
+    from thumbsae.activations import load_clip
+    from thumbsae.activations.clip import SHIPPED_WORLD_CLIP, shipped_checkpoint
+    from thumbsae.activations.world_clip import check_shipped_world_clip
+
+    sidecar = check_shipped_world_clip()
+    path = shipped_checkpoint(SHIPPED_WORLD_CLIP)
+    assert path.stat().st_size < 20_000_000 and sidecar["dtype"] == "float16"
+    assert sidecar["heldout_retrieval"]["trained"]["recall_at_1"] > 10 * sidecar["heldout_retrieval"]["trained"]["chance"]
+    model_cfg = yaml.safe_load((repo_root / "conf" / "model" / "tiny_world.yaml").read_text())
+    assert model_cfg["pretrained"] == SHIPPED_WORLD_CLIP and model_cfg["sha256"] == sidecar["sha256"]
+    clip = load_clip(model_cfg["name"], pretrained=SHIPPED_WORLD_CLIP, sha256=model_cfg["sha256"])
+    # Recorded by name, so SAE configs and store hashes do not depend on the install folder.
+    assert clip.to_config()["pretrained"] == SHIPPED_WORLD_CLIP and clip.sha256 == sidecar["sha256"]
+    with pytest.raises(ThumbsaeError, match="thumbsae:nope: no such shipped checkpoint"):
+        load_clip(model_cfg["name"], pretrained="thumbsae:nope")

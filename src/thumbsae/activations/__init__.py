@@ -8,17 +8,17 @@
     ActivationDataModule(stores, batch_size, ...) -> float32 batches [B, D]
     embed_images / image_embeddings / encode_text -> numpy arrays for small in-memory sets
 
+Modules: `clip` (loading), `preprocess` (fit), `hooks`, `pixels` (uint8 forward), `decoding`
+(decoding workers), `store_writer` / `store` (the shard store), `distributed` (extraction across
+processes), `extract` (the extraction itself), `embed` (small sets), `stream` / `datamodule`
+(training batches), `world_clip` (the embedded CLIP).
+
 The DataModule (Lightning) is imported lazily so that `thumbsae rank` does not pay for it.
 """
 
 from thumbsae.activations.clip import LoadedCLIP, ModelLoadError, load_clip
-from thumbsae.activations.extract import (
-    embed_images,
-    encode_text,
-    extract_to_store,
-    image_embeddings,
-    store_content_hash,
-)
+from thumbsae.activations.embed import embed_images, encode_text, image_embeddings
+from thumbsae.activations.extract import extract_to_store, store_content_hash
 from thumbsae.activations.hooks import TOKEN_MODES, hooked_activations, resolve_layer
 from thumbsae.activations.preprocess import DEFAULT_FIT, FITS, make_transform
 from thumbsae.activations.store import DTYPES, ActivationStore, store_from_array

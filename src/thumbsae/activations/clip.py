@@ -3,16 +3,21 @@
 A local checkpoint carries only weights, so its preprocessing (mean/std, image size) and its
 activation function (QuickGELU for OpenAI-trained weights) are set here explicitly; open_clip
 would otherwise silently use the architecture defaults. Weights are never unpickled: safetensors,
-or `torch.load(..., weights_only=True)`.
+or `torch.load(..., weights_only=True)`. Checkpoints shipped inside the package are named
+`thumbsae:NAME` (`thumbsae:world_clip`), so configs and SAEs that use them do not depend on where
+thumbsae is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +31,10 @@ from thumbsae.errors import ThumbsaeError, one_line
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+SHIPPED_PREFIX = "thumbsae:"
+# The tiny ViT CLIP trained on the default world (thumbsae.activations.world_clip), float16.
+SHIPPED_WORLD_CLIP = "thumbsae:world_clip"
+_SHIPPED_FILES = {SHIPPED_WORLD_CLIP: "world_clip/model.safetensors"}  # under thumbsae/resources
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,18 @@ class LoadedCLIP:
         }
 
 
+def shipped_checkpoint(name: str) -> Path:
+    """The file of a checkpoint shipped with thumbsae (`thumbsae:world_clip` -> its path)."""
+    if name not in _SHIPPED_FILES:
+        raise ModelLoadError(
+            f"model.pretrained={name}: no such shipped checkpoint (shipped: {', '.join(_SHIPPED_FILES)})"
+        )
+    path = Path(str(resources.files("thumbsae") / "resources" / _SHIPPED_FILES[name]))
+    if not path.is_file():
+        raise ModelLoadError(f"model.pretrained={name}: {path} is missing; reinstall thumbsae")
+    return path
+
+
 def load_clip(
     name: str,
     pretrained: str | os.PathLike | None = None,
@@ -94,7 +115,8 @@ def load_clip(
 
     `pretrained`: an open_clip hub tag (`"openai"`; needs internet on first use), a local checkpoint
     (`.safetensors`, `.pt`, `.pth`, `.bin`; its mean/std default to OpenAI CLIP's and QuickGELU to
-    off unless given), or None for random weights drawn from `seed`. `overrides`: an architecture
+    off unless given), a shipped checkpoint (`thumbsae:world_clip`, kept under that name in
+    `LoadedCLIP.pretrained`), or None for random weights drawn from `seed`. `overrides`: an architecture
     dict (`embed_dim`, `vision_cfg`, `text_cfg`) registered under `name` first. `sha256`, when
     given, must match the local checkpoint (a stored SAE names the exact weights it was trained
     on). Raises `ModelLoadError` with one line saying what to do.
@@ -122,7 +144,7 @@ def load_clip(
             )
 
     force_image_size = image_size if image_size else None
-    model = _create(name, tag, quick_gelu, force_image_size, seed, device)
+    model = _create(name, tag, quick_gelu, force_image_size, seed, device, weights_follow=local_path is not None)
     if local_path is not None:
         _load_local_weights(model, local_path, name)
 
@@ -142,7 +164,7 @@ def load_clip(
     return LoadedCLIP(
         model=model,
         name=name,
-        pretrained=None if pretrained in (None, "") else str(local_path or pretrained),
+        pretrained=None if pretrained in (None, "") else _pretrained_name(pretrained, local_path),
         sha256=digest,
         image_size=size,
         mean=tuple(float(v) for v in mean),
@@ -172,6 +194,8 @@ def _local_checkpoint(pretrained: str | os.PathLike | None) -> Path | None:
     """The checkpoint path if `pretrained` names a file (existing or path-like), else None (a tag)."""
     if pretrained in (None, ""):
         return None
+    if str(pretrained).startswith(SHIPPED_PREFIX):
+        return shipped_checkpoint(str(pretrained))
     path = Path(pretrained).expanduser()
     looks_like_path = (
         isinstance(pretrained, os.PathLike)
@@ -190,6 +214,13 @@ def _local_checkpoint(pretrained: str | os.PathLike | None) -> Path | None:
     return None
 
 
+def _pretrained_name(pretrained: str | os.PathLike, local_path: Path | None) -> str:
+    """What `LoadedCLIP.pretrained` records: a shipped name as given, a local file resolved, a tag."""
+    if str(pretrained).startswith(SHIPPED_PREFIX):
+        return str(pretrained)
+    return str(local_path or pretrained)
+
+
 def _check_hub_tag(name: str, tag: str) -> dict:
     cfg = open_clip.get_pretrained_cfg(name, tag)
     if not cfg:
@@ -202,11 +233,39 @@ def _check_hub_tag(name: str, tag: str) -> dict:
     return cfg
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """Drops open_clip's "initialized randomly" warning, false when local weights are loaded next."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _weights_follow(enabled: bool) -> Iterator[None]:
+    # open_clip logs through the root logger, so the filter sits there for this call only.
+    dropper = _DropRandomInitWarning()
+    if enabled:
+        logging.getLogger().addFilter(dropper)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(dropper)
+
+
 def _create(
-    name: str, tag: str | None, quick_gelu: bool, image_size: int | None, seed: int, device: str
+    name: str,
+    tag: str | None,
+    quick_gelu: bool,
+    image_size: int | None,
+    seed: int,
+    device: str,
+    *,
+    weights_follow: bool = False,
 ) -> torch.nn.Module:
+    """Build the open_clip model (random weights unless `tag`); `weights_follow`: a local
+    checkpoint is loaded right after, so open_clip's "initialized randomly" warning is dropped."""
     # Seed only a forked RNG so random weights are reproducible without touching the caller's RNG.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _weights_follow(weights_follow):
         torch.manual_seed(seed)
         try:
             return open_clip.create_model(

@@ -73,10 +73,10 @@ def hooked_activations(
     visual = vision_tower(model)
     index = resolve_layer(model, layer)
     last_block = vision_blocks(model)[index]
-    if tokens == "cls" and index > 0 and _supports_class_token_only(visual, last_block):
+    if tokens == "cls" and index > 0 and supports_class_token_only(visual, last_block):
         # Only the class token leaves the hooked block, so its other tokens need no attention or MLP.
         prefix_BSD, patches_BPD = _tokens_after(visual, images_BCHW, index - 1)
-        return _class_token_through(last_block, torch.cat([prefix_BSD, patches_BPD], dim=1))
+        return class_token_through(last_block, torch.cat([prefix_BSD, patches_BPD], dim=1))
     prefix_BSD, patches_BPD = _tokens_after(visual, images_BCHW, index)
     if tokens == "mean":
         return patches_BPD.mean(dim=1)
@@ -102,7 +102,7 @@ def _tokens_after(visual: torch.nn.Module, images_BCHW: torch.Tensor, index: int
     return (prefix[0] if prefix else patches_BPD[:, :0]), patches_BPD
 
 
-def _supports_class_token_only(visual: torch.nn.Module, block: torch.nn.Module) -> bool:
+def supports_class_token_only(visual: torch.nn.Module, block: torch.nn.Module) -> bool:
     """True for open_clip's plain pre-norm self-attention block with a class token at position 0."""
     return (
         type(block) is ResidualAttentionBlock
@@ -112,7 +112,7 @@ def _supports_class_token_only(visual: torch.nn.Module, block: torch.nn.Module) 
     )
 
 
-def _class_token_through(block: ResidualAttentionBlock, x_BTD: torch.Tensor) -> torch.Tensor:
+def class_token_through(block: ResidualAttentionBlock, x_BTD: torch.Tensor) -> torch.Tensor:
     """Block output at the class token only, `[B, D]`: the token attends to all of `x_BTD` as usual."""
     h_BTD = block.ln_1(x_BTD)
     attended_B1D = block.attn(h_BTD[:, :1], h_BTD, h_BTD, need_weights=False)[0]

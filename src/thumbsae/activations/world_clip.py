@@ -3,26 +3,31 @@
 A random-weight CLIP runs, but its features mean little. This trains `thumbsae-tiny-vit` (the
 shipped architecture, text tower included) on the world's thumbnails and reference images with
 captions made from each image's motifs, scene and palette (`thumbsae.world.caption_for`), and
-saves a plain open_clip checkpoint:
+saves a plain open_clip checkpoint (float16 by default):
 
     open_clip.create_model("thumbsae-tiny-vit", pretrained="data/world_clip/model.safetensors")
 
 plus a JSON sidecar (`model.json`: preprocessing, training settings, losses, held-out caption
-retrieval of the trained and of the untrained model). Decoded images are cached once as uint8;
-the same world, settings and seed give the same weights on the same CPU thread count.
+retrieval of the trained and of the untrained model, the checkpoint's sha256). Decoded images are
+cached once as uint8; the same world, settings and seed give the same weights on the same CPU
+type and thread count (other CPUs round differently, so their weights differ in the last bits).
 
-    python -m thumbsae.activations.world_clip \
-        --world data/world --out data/world_clip/model.safetensors
+The package ships one such checkpoint, trained on the default world (`model=tiny_world` loads it
+as `thumbsae:world_clip`), so nothing is trained on first use. To retrain it:
+
+    thumbsae world-clip --world data/world --out data/world_clip/model.safetensors [world_clip.KEY=VALUE]
+
+(`dvc repro pipelines/world_clip/dvc.yaml` runs exactly that.)
 """
 
 from __future__ import annotations
 
-import argparse
+import hashlib
 import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +37,27 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.loss import ClipLoss
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
+from thumbsae.activations.clip import SHIPPED_WORLD_CLIP, shipped_checkpoint
 from thumbsae.activations.model_configs import TINY_VIT_NAME, register_shipped_configs
-from thumbsae.files import write_atomic
 from thumbsae.errors import ThumbsaeError
+from thumbsae.files import atomic_write_bytes, atomic_write_text
 from thumbsae.world.captions import MOTIF_PHRASES, caption_for
+
+
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
 class WorldClipConfig:
-    """Training settings of the world CLIP (all recorded in the sidecar).
+    """Training settings of the world CLIP (the `world_clip` config group; all recorded in the sidecar).
 
+    max_images: train on a seeded random subset of this many images (tests, quick runs).
     heldout_fraction: share of images kept out of training for caption retrieval.
     warmup_fraction: share of the steps with a linear learning-rate warm-up (then cosine decay).
+    dtype: storage type of the checkpoint; the trained weights are rounded to it before the
+        held-out retrieval is measured, so the sidecar describes the file as saved.
     """
 
     epochs: int = 3
@@ -57,6 +69,22 @@ class WorldClipConfig:
     heldout_fraction: float = 0.1
     warmup_fraction: float = 0.1
     model: str = TINY_VIT_NAME
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, "must be >= 1"),
+            ("batch_size", self.batch_size >= 2, "must be >= 2 (a contrastive batch needs pairs)"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("max_images", self.max_images is None or self.max_images >= 3, "must be null or >= 3"),
+            ("heldout_fraction", 0 < self.heldout_fraction < 1, "must be in (0, 1)"),
+            ("warmup_fraction", 0 <= self.warmup_fraction < 1, "must be in [0, 1)"),
+            ("dtype", self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ThumbsaeError(f"world_clip.{key}={getattr(self, key)}: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -224,6 +252,14 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": free, "weight_decay": 0.0}]
 
 
+def _round_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round every parameter and buffer through `dtype` in place (they stay float32 tensors)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.to(dtype))
+
+
 def sidecar_path(checkpoint: Path) -> Path:
     """The JSON sidecar beside a world CLIP checkpoint (`model.safetensors` -> `model.json`)."""
     return Path(checkpoint).with_suffix(".json")
@@ -236,12 +272,9 @@ def fit_world_clip(
 
     report: the sidecar's content (preprocessing, settings, losses, held-out caption retrieval of
     the trained and the untrained model), JSON-ready and free of timings, so reruns match byte for
-    byte. Raises `ThumbsaeError` for a missing or unreadable world or bad settings.
+    byte. The returned model's weights are already rounded to `cfg.dtype` (what is saved).
+    Raises `ThumbsaeError` for a missing or unreadable world.
     """
-    if cfg.epochs < 1 or cfg.batch_size < 2:
-        raise ThumbsaeError(
-            f"world CLIP needs epochs >= 1 and batch_size >= 2, got {cfg.epochs}, {cfg.batch_size}"
-        )
     started = time.perf_counter()
     table = world_captions(Path(world_dir))
     if cfg.max_images is not None and cfg.max_images < len(table):
@@ -303,6 +336,7 @@ def fit_world_clip(
                     f"({time.perf_counter() - started:.0f} s)",
                     file=sys.stderr,
                 )
+        _round_weights(model, DTYPES[cfg.dtype])
         trained = caption_retrieval(model, tokenizer, normalize, heldout_pixels, heldout_captions)
     model.eval()
     report = {
@@ -336,21 +370,36 @@ def fit_world_clip(
     return model, report
 
 
-def save_world_clip(model: torch.nn.Module, report: dict, out_path: Path) -> Path:
-    """Write `model`'s state_dict to `out_path` (.safetensors) and `report` to its JSON sidecar."""
+def save_world_clip(
+    model: torch.nn.Module, report: dict, out_path: Path, *, dtype: str | None = None
+) -> Path:
+    """Write `model`'s state_dict to `out_path` (.safetensors) and `report` to its JSON sidecar.
+
+    dtype: storage type of floating-point tensors (`float16`, `float32`); default: the one the
+    report's training settings name, else float32. The sidecar gets `dtype` and the checkpoint's
+    `sha256` (the digest `model.sha256` in a model config checks).
+    """
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise ThumbsaeError(f"{out_path}: the world CLIP checkpoint must end in .safetensors")
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    dtype = dtype or report.get("training", {}).get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ThumbsaeError(f"world_clip.dtype={dtype}: must be one of {', '.join(DTYPES)}")
+    state = {
+        k: (v.to(DTYPES[dtype]) if v.is_floating_point() else v).detach().contiguous().clone()
+        for k, v in model.state_dict().items()
+    }
+    data = safetensors_bytes(state, metadata={"format": "pt"})
+    sidecar = {
+        **report,
+        "pretrained": str(out_path),
+        "dtype": dtype,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        sidecar = {**report, "pretrained": str(out_path)}
-        write_atomic(
-            sidecar_path(out_path),
-            lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n"),
-        )
+        atomic_write_text(sidecar_path(out_path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
         # The checkpoint goes last: once it exists, the whole model (sidecar included) is there.
-        write_atomic(out_path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+        atomic_write_bytes(out_path, data)
     except OSError as err:
         raise ThumbsaeError(f"{out_path}: cannot write the world CLIP ({err})") from err
     return out_path
@@ -359,60 +408,41 @@ def save_world_clip(model: torch.nn.Module, report: dict, out_path: Path) -> Pat
 def train_world_clip(
     world_dir: Path,
     out_path: Path,
+    cfg: WorldClipConfig | None = None,
     *,
-    epochs: int = WorldClipConfig.epochs,
-    batch_size: int = WorldClipConfig.batch_size,
-    lr: float = WorldClipConfig.lr,
-    seed: int = WorldClipConfig.seed,
-    max_images: int | None = None,
     progress: bool = True,
+    **settings,
 ) -> Path:
     """Train the tiny CLIP on the world at `world_dir`; write `out_path` (.safetensors) + sidecar.
 
     world_dir: a folder written by `thumbsae.world.generate_world` (thumbnails.csv, reference.csv).
     out_path: the checkpoint file; it loads with
         `open_clip.create_model("thumbsae-tiny-vit", pretrained=str(out_path))`.
-    max_images: train on a seeded random subset of this many images (tests, quick runs).
-    Returns `out_path`. Raises `ThumbsaeError` for a missing or unreadable world.
+    cfg: the training settings (default `WorldClipConfig()`); `settings` are keyword overrides of
+        it (`epochs=8, max_images=10`).
+    Returns `out_path`. Raises `ThumbsaeError` for a missing or unreadable world or bad settings.
     """
     if Path(out_path).suffix != ".safetensors":  # fail before training, not after
         raise ThumbsaeError(f"{out_path}: the world CLIP checkpoint must end in .safetensors")
-    cfg = WorldClipConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, max_images=max_images
-    )
+    cfg = replace(cfg or WorldClipConfig(), **settings)
     model, report = fit_world_clip(Path(world_dir), cfg, progress=progress)
-    return save_world_clip(model, report, Path(out_path))
+    return save_world_clip(model, report, Path(out_path), dtype=cfg.dtype)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: `python -m thumbsae.activations.world_clip --world DIR --out X.safetensors`."""
-    defaults = WorldClipConfig()
-    parser = argparse.ArgumentParser(
-        description="train the tiny CLIP on a synthetic world's captions"
-    )
-    parser.add_argument("--world", required=True, help="a world folder (thumbsae world --out DIR)")
-    parser.add_argument("--out", required=True, help="checkpoint path, ending in .safetensors")
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--max-images", type=int, default=None)
-    args = parser.parse_args(argv)
+def check_shipped_world_clip() -> dict:
+    """The shipped checkpoint's sidecar, after checking that the file's sha256 is the one it names.
+
+    Raises `ThumbsaeError` when the file or its sidecar is missing or they disagree.
+    """
+    path = shipped_checkpoint(SHIPPED_WORLD_CLIP)
     try:
-        train_world_clip(
-            Path(args.world),
-            Path(args.out),
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            seed=args.seed,
-            max_images=args.max_images,
+        sidecar = json.loads(sidecar_path(path).read_text())
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, json.JSONDecodeError) as err:
+        raise ThumbsaeError(f"{path}: the shipped world CLIP is unreadable ({err})") from err
+    if sidecar.get("sha256") != digest:
+        raise ThumbsaeError(
+            f"{path}: sha256 {digest[:12]}... is not the {str(sidecar.get('sha256'))[:12]}... its "
+            "sidecar names; reinstall thumbsae"
         )
-    except ThumbsaeError as err:
-        print(f"world_clip: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return sidecar

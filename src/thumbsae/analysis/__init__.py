@@ -7,5 +7,5 @@ Import from the modules, not from here:
 - `adjust`: views relative to the channel and upload age (`adjust_views`).
 - `study`: the whole feature-group study (`EvalConfig`, `run_feature_study`, `write_study`).
 - `recovery`: what the study found against a synthetic world's ground truth (`recovery_report`).
-- `names`, `predictor`: feature names and the engagement model.
+- `names`: feature names. `engagement`: the engagement model (`predictor` re-exports it).
 """

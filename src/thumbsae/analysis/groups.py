@@ -59,6 +59,17 @@ class FeatureGroups:
         """int64 `[G]` thumbnail row of each group's held-out member."""
         return self.members_GM[np.arange(self.n_groups), self.heldout_G]
 
+    def subset(self, keep_G: np.ndarray) -> "FeatureGroups":
+        """The groups where the bool `[G]` mask `keep_G` is true (every latent's n_active kept)."""
+        keep_G = np.asarray(keep_G, dtype=bool)
+        return FeatureGroups(
+            features_G=self.features_G[keep_G],
+            members_GM=self.members_GM[keep_G],
+            acts_GM=self.acts_GM[keep_G],
+            heldout_G=self.heldout_G[keep_G],
+            n_active_F=self.n_active_F,
+        )
+
     def others(self) -> np.ndarray:
         """int64 `[G, M-1]` member rows without the held-out one, in activation order."""
         g, m = self.members_GM.shape

@@ -5,6 +5,9 @@ thumbnail rows. Medians are taken on integer rank codes (`RankedValues`): the me
 the value at the median code, so the heavy loops (permutations, bootstrap, nulls) move int32
 instead of float64 and stay exact. Every random draw comes from a seeded `numpy.random.Generator`
 passed in, and large draws are chunked so memory stays small.
+
+Two medians of an even count: `median` averages the two middle values (numpy's convention);
+`median_lower` takes the lower one (torch's `Tensor.median()`, what the study's author ran).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 
-Statistic = Literal["median", "mean"]
+Statistic = Literal["median", "median_lower", "mean"]
 
 # Elements gathered per chunk (int32 or float64): bounds the memory of every loop here.
 CHUNK_ELEMS = 4_000_000
@@ -44,19 +47,30 @@ class RankedValues:
         return int(self.values_N.shape[0])
 
 
-def _median_of_codes(codes_XM: np.ndarray, sorted_U: np.ndarray) -> np.ndarray:
-    """float64 `[X]` medians of the value rows whose codes are `codes_XM` (`[X, M]`, scratch)."""
+def is_median(statistic: Statistic) -> bool:
+    """True for either median convention."""
+    return statistic in ("median", "median_lower")
+
+
+def _median_of_codes(codes_XM: np.ndarray, sorted_U: np.ndarray, *, lower: bool = False) -> np.ndarray:
+    """float64 `[X]` medians of the value rows whose codes are `codes_XM` (`[X, M]`, scratch).
+
+    Even M: the mean of the two middle values, or the lower of them when `lower`.
+    """
     m = codes_XM.shape[-1]
     lo, hi = (m - 1) // 2, m // 2
-    part = np.partition(codes_XM, [lo, hi] if hi != lo else lo, axis=-1)
-    # np.median's convention: the mean of the two middle values when M is even.
+    if lower or lo == hi:
+        return sorted_U[np.partition(codes_XM, lo, axis=-1)[..., lo]].astype(np.float64)
+    part = np.partition(codes_XM, [lo, hi], axis=-1)
     return 0.5 * (sorted_U[part[..., lo]] + sorted_U[part[..., hi]])
 
 
 def statistic_of(values: np.ndarray, statistic: Statistic) -> float:
-    """The median or mean of a 1-D array; NaN when it is empty."""
+    """The median (either convention) or mean of a 1-D array; NaN when it is empty."""
     if values.shape[0] == 0:
         return float("nan")
+    if statistic == "median_lower":
+        return float(np.sort(values)[(values.shape[0] - 1) // 2])
     return float(np.median(values) if statistic == "median" else values.mean())
 
 
@@ -67,8 +81,10 @@ def stat_of_rows(ranked: RankedValues, rows_XM: np.ndarray, statistic: Statistic
     step = max(1, CHUNK_ELEMS // max(m, 1))
     for start in range(0, x, step):
         rows = rows_XM[start : start + step]
-        if statistic == "median":
-            out_X[start : start + step] = _median_of_codes(ranked.codes_N[rows], ranked.sorted_U)
+        if is_median(statistic):
+            out_X[start : start + step] = _median_of_codes(
+                ranked.codes_N[rows], ranked.sorted_U, lower=statistic == "median_lower"
+            )
         else:
             out_X[start : start + step] = ranked.values_N[rows].mean(axis=1)
     return out_X
@@ -130,12 +146,20 @@ def ks_tests(stats_G: np.ndarray, random_R: np.ndarray, n_features: int) -> dict
     }
 
 
-def tail_probabilities(null_S: np.ndarray, high: float, low: float) -> tuple[float, float]:
-    """(P(null >= high), P(null <= low)) as plain fractions of the null sample (the study's p)."""
+def tail_probabilities(
+    null_S: np.ndarray, high: float, low: float, *, strict: bool = False
+) -> tuple[float, float]:
+    """(P(null >= high), P(null <= low)) as plain fractions of the null sample (the study's p).
+
+    strict: count only null values beyond the observed one (P(null > high), P(null < low)), as the
+    study's author did; ties with the observed value then count for nothing.
+    """
     if null_S.shape[0] == 0:
         return float("nan"), float("nan")
-    p_high = float(np.count_nonzero(null_S >= high)) / null_S.shape[0] if np.isfinite(high) else float("nan")
-    p_low = float(np.count_nonzero(null_S <= low)) / null_S.shape[0] if np.isfinite(low) else float("nan")
+    above = null_S > high if strict else null_S >= high
+    below = null_S < low if strict else null_S <= low
+    p_high = float(np.count_nonzero(above)) / null_S.shape[0] if np.isfinite(high) else float("nan")
+    p_low = float(np.count_nonzero(below)) / null_S.shape[0] if np.isfinite(low) else float("nan")
     return p_high, p_low
 
 
@@ -168,7 +192,7 @@ def selection_null(
     for b in range(n_permutations):
         # Permuting the views = shuffling the codes (median) or values (mean) over the rows; the
         # sorted distinct values stay the same. One shuffle, no index array, no extra gather.
-        if statistic == "median":
+        if is_median(statistic):
             permuted = RankedValues(ranked.values_N, ranked.sorted_U, rng.permutation(ranked.codes_N))
         else:
             permuted = RankedValues(rng.permutation(ranked.values_N), ranked.sorted_U, ranked.codes_N)
@@ -185,23 +209,33 @@ def permutation_p(observed: float, null_B: np.ndarray, *, greater: bool) -> floa
     return float(1 + extreme) / float(1 + null_B.shape[0])
 
 
-def median_pvalues(ranked: RankedValues, stats_G: np.ndarray, size: int) -> tuple[np.ndarray, str]:
+def median_pvalues(
+    ranked: RankedValues, stats_G: np.ndarray, size: int, *, lower: bool = False
+) -> tuple[np.ndarray, str]:
     """Two-sided p of each group median under 'the group is a random `size`-subset of the data'.
 
     For odd `size` exact: median >= x  iff  at least (size+1)/2 members are >= x, and that count
-    is hypergeometric (N thumbnails, K of them >= x, `size` drawn). For even `size` (the median
-    averages the two middle values) the same tail with size/2 members bounds the probability
-    from above, so the p is valid but conservative. Returns (`[G]` p, method name).
+    is hypergeometric (N thumbnails, K of them >= x, `size` drawn). For even `size` and the
+    lower median (`lower`, the (size/2)-th smallest) also exact: >= x iff size/2 + 1 members are
+    >= x, <= x iff size/2 members are <= x. For even `size` and the averaged median the tail with
+    size/2 members bounds the probability from above, so the p is valid but conservative.
+    Returns (`[G]` p, method name).
     """
     n = ranked.n
     sorted_N = np.sort(ranked.values_N)
     k_ge_G = n - np.searchsorted(sorted_N, stats_G, side="left")
     k_le_G = np.searchsorted(sorted_N, stats_G, side="right")
-    need = (size + 1) // 2 if size % 2 else size // 2
-    p_up_G = stats.hypergeom.sf(need - 1, n, k_ge_G, size)
-    p_down_G = stats.hypergeom.sf(need - 1, n, k_le_G, size)
+    if size % 2:
+        need_up = need_down = (size + 1) // 2
+    elif lower:
+        need_up, need_down = size // 2 + 1, size // 2
+    else:
+        need_up = need_down = size // 2
+    p_up_G = stats.hypergeom.sf(need_up - 1, n, k_ge_G, size)
+    p_down_G = stats.hypergeom.sf(need_down - 1, n, k_le_G, size)
     p_G = np.minimum(1.0, 2.0 * np.minimum(p_up_G, p_down_G))
-    return p_G, ("hypergeometric_exact" if size % 2 else "hypergeometric_bound")
+    exact = size % 2 or lower
+    return p_G, ("hypergeometric_exact" if exact else "hypergeometric_bound")
 
 
 def monte_carlo_pvalues(stats_G: np.ndarray, null_S: np.ndarray) -> np.ndarray:
@@ -257,8 +291,9 @@ def bootstrap_ci(
     lo_G = np.empty(g, dtype=np.float64)
     hi_G = np.empty(g, dtype=np.float64)
     step = max(1, CHUNK_ELEMS // max(k, n_bootstrap, 1))
-    if statistic == "median":
-        lo, hi = (k - 1) // 2, k // 2
+    if is_median(statistic):
+        lo = (k - 1) // 2
+        hi = lo if statistic == "median_lower" else k // 2
         mid_BK = np.partition(draws_BK, [lo, hi] if hi != lo else lo, axis=1)
         mid_lo_B, mid_hi_B = mid_BK[:, lo], mid_BK[:, hi]
         for start in range(0, g, step):

@@ -11,7 +11,18 @@ The study exactly (keys of `summary`):
 - `ks_statistic`/`ks_pvalue`: group statistics vs as many random groups (drawn with replacement),
   on the qualifying features; `ks_study_*`: the study's version over all F latents, zeros included.
 - `hhm`/`lhm`: the statistic of the held-out views of the high / low features; `p_hhm` =
-  P(null >= hhm), `p_lhm` = P(null <= lhm) over `n_null` statistics of n_side random views.
+  P(null >= hhm), `p_lhm` = P(null <= lhm) over `n_null` statistics of n_side random views
+  (`strict_p`: P(null > hhm), P(null < lhm), the author's way).
+
+The author's code conventions (`eval=study` follows them; docs/study.md has the table):
+- `median=lower`: the median of an even count is the lower middle value (torch), not the mean of
+  the two (numpy); it applies to every median the study takes.
+- `strict_p`: the held-out p-values count only random medians strictly beyond HHM / LHM.
+- `drop_zero_median`: features whose group statistic is 0 views are not qualifying (the author's
+  `means > 0`), so they are neither ranked nor counted.
+- fewer than 2 x n_side qualifying features: ours split them between the sides; the author's
+  top and bottom n_side overlap. Then a warning is logged and `summary["author_sides"]` says
+  what the author's code would have taken.
 
 Beyond the study:
 - `selection_null_p` (`_low`): the mean log-lift of the high (low) side against the same
@@ -31,6 +42,7 @@ Raw log-lift (for the selection null) is log((stat + 1) / (median + 1)), finite 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -47,6 +59,8 @@ from thumbsae.analysis.groups import FeatureGroups, top_groups
 from thumbsae.files import atomic_path
 from thumbsae.errors import ThumbsaeError
 from thumbsae.jsonable import to_json_ready
+
+log = logging.getLogger(__name__)
 
 # Independent random streams per purpose, so changing one setting never moves another's draws.
 STREAM_RANDOM_GROUPS, STREAM_HELDOUT_NULL, STREAM_SELECTION, STREAM_FEATURE_NULL, STREAM_BOOTSTRAP = 1, 2, 3, 4, 5
@@ -65,6 +79,11 @@ class EvalConfig:
     CIs. alpha: test level and 1 - CI coverage. seed: all random draws. pool: carried for the
     latents code. n_feature_null: random subsets behind the per-feature p of the mean statistic.
     max_bootstrap_features: above this many tested features only the sides are bootstrapped.
+    median: `average` (numpy: the mean of the two middle values of an even count) | `lower`
+    (torch's `median()`: the lower one, the author's). strict_p: the held-out p-values count only
+    random statistics strictly beyond HHM / LHM (the author's `>`, `<`) instead of ties too.
+    drop_zero_median: a feature whose group statistic is 0 views does not qualify (the author's
+    `means > 0`).
     """
 
     group_size: int = 400
@@ -83,6 +102,9 @@ class EvalConfig:
     pool: str = "max"
     n_feature_null: int = 100_000
     max_bootstrap_features: int = 20_000
+    median: str = "average"
+    strict_p: bool = False
+    drop_zero_median: bool = False
 
     def __post_init__(self) -> None:
         choices = {
@@ -90,6 +112,7 @@ class EvalConfig:
             "statistic": ("median", "mean"),
             "adjust": ("none", "channel", "channel_date"),
             "pool": ("max", "mean"),
+            "median": ("average", "lower"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -107,6 +130,14 @@ class EvalConfig:
             raise ThumbsaeError(f"eval.alpha={self.alpha}: must be in (0, 1)")
         if not (math.isfinite(float(self.threshold)) and float(self.threshold) >= 0):
             raise ThumbsaeError(f"eval.threshold={self.threshold}: must be a finite number >= 0")
+        for key in ("strict_p", "drop_zero_median"):
+            if not isinstance(getattr(self, key), bool):
+                raise ThumbsaeError(f"eval.{key}={getattr(self, key)!r}: expected true or false")
+
+    @property
+    def statistic_kind(self) -> st.Statistic:
+        """The statistic as `thumbsae.analysis.stats` takes it (`median_lower` for median=lower)."""
+        return "median_lower" if self.statistic == "median" and self.median == "lower" else self.statistic
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any]) -> "EvalConfig":
@@ -151,6 +182,11 @@ class _Analysis:
     low_G: np.ndarray  # group positions of the low side, lowest first
     block: dict
     nulls: dict
+
+
+def _median_kind(cfg: EvalConfig) -> st.Statistic:
+    """The median convention of `cfg` for medians that are medians whatever the statistic."""
+    return "median_lower" if cfg.median == "lower" else "median"
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -212,9 +248,9 @@ def _analyse(
     values_N: `[N]` raw views (`log_scale=False`) or adjusted log views (`log_scale=True`).
     """
     ranked = st.RankedValues.of(values_N)
-    statistic = cfg.statistic
+    statistic = cfg.statistic_kind
     g, k = others_GK.shape
-    median = float(np.median(values_N))
+    median = st.statistic_of(values_N, _median_kind(cfg))
 
     def lift(stat):
         return np.exp(np.asarray(stat) - median) if log_scale else np.asarray(stat) / median
@@ -247,8 +283,8 @@ def _analyse(
         null_high if n_low == n_high
         else st.random_stats(ranked, int(cfg.n_null), max(n_low, 1), statistic, null_rng)
     )
-    p_hhm, _ = st.tail_probabilities(null_high, hhm, float("nan"))
-    _, p_lhm = st.tail_probabilities(null_low, float("nan"), lhm)
+    p_hhm, _ = st.tail_probabilities(null_high, hhm, float("nan"), strict=cfg.strict_p)
+    _, p_lhm = st.tail_probabilities(null_low, float("nan"), lhm, strict=cfg.strict_p)
 
     # The whole selection re-run on permuted views.
     obs_high, obs_low = st.side_means(log_lift(stat_G), n_high, n_low)
@@ -258,8 +294,8 @@ def _analyse(
     )
 
     # Per-feature p and BH q over every tested feature.
-    if statistic == "median":
-        p_G, p_method = st.median_pvalues(ranked, stat_G, k)
+    if st.is_median(statistic):
+        p_G, p_method = st.median_pvalues(ranked, stat_G, k, lower=statistic == "median_lower")
     else:
         subset_null = st.random_subset_stats(
             ranked, int(cfg.n_feature_null), k, statistic, _rng(cfg.seed, STREAM_FEATURE_NULL)
@@ -274,7 +310,7 @@ def _analyse(
     boot_G = np.arange(g) if g <= cfg.max_bootstrap_features else np.union1d(high_G, low_G)
     if g > cfg.max_bootstrap_features:
         rest_G = np.setdiff1d(np.arange(g), boot_G)
-        if statistic == "median":
+        if st.is_median(statistic):
             lo, hi = st.order_statistic_ci(ranked, others_GK[rest_G], cfg.alpha)
             ci_method_G[rest_G] = "order_statistic"
         else:
@@ -292,7 +328,8 @@ def _analyse(
     significant = q_G < cfg.alpha
     block = {
         "scale": "adjusted_log_views" if log_scale else "views",
-        "statistic": statistic,
+        "statistic": cfg.statistic,
+        "median_rule": cfg.median,
         "dataset_median": median,
         "n_high": n_high,
         "n_low": n_low,
@@ -303,6 +340,7 @@ def _analyse(
         "p_hhm": p_hhm,
         "p_lhm": p_lhm,
         "n_null": int(cfg.n_null),
+        "strict_p": bool(cfg.strict_p),
         "selection_null_p": st.permutation_p(obs_high, perm_high, greater=True),
         "selection_null_p_low": st.permutation_p(obs_low, perm_low, greater=False),
         "mean_log_lift_high": obs_high,
@@ -341,6 +379,36 @@ def _analyse(
     )
 
 
+def _author_sides(n_groups: int, n_side: int, raw: _Analysis, cfg: EvalConfig) -> dict:
+    """What the author's `topk(means, n_side)` / bottom-k would have taken from `n_groups` < 2 n_side.
+
+    Both sides take n_side features, so they share max(0, 2 n_side - G) of them; with G < n_side
+    each side is padded by n_side - G latents that do not qualify (group statistic 0 or, at the
+    bottom, +inf), which this study does not have, so their HHM / LHM are not computed then.
+    """
+    overlap = min(n_groups, max(0, 2 * n_side - n_groups))
+    padding = max(0, n_side - n_groups)
+    hhm = lhm = None
+    if padding == 0:
+        stat_G = raw.nulls["group_stats"]
+        # Ours order ties by feature id; the author's torch.topk leaves their order undefined.
+        top = np.lexsort((np.arange(n_groups), -stat_G))[:n_side]
+        bottom = np.lexsort((np.arange(n_groups), stat_G))[:n_side]
+        hhm = st.statistic_of(raw.heldout_value_G[top], cfg.statistic_kind)
+        lhm = st.statistic_of(raw.heldout_value_G[bottom], cfg.statistic_kind)
+    note = (
+        f"only {n_groups} features qualified (< 2 x eval.n_side = {2 * n_side}): thumbsae split them into"
+        f" {n_groups - n_groups // 2} high and {n_groups // 2} low; the author's code would take {n_side} per side,"
+        f" {overlap} features on both sides"
+        + (f" and {padding} non-qualifying latents padding each side" if padding else "")
+        + (f" (its raw HHM {hhm:g}, LHM {lhm:g})" if hhm is not None else "")
+    )
+    return {
+        "n_high": n_side, "n_low": n_side, "n_overlap": overlap, "n_padding_per_side": padding,
+        "hhm": hhm, "lhm": lhm, "note": note,
+    }
+
+
 def _as_counts(values: np.ndarray) -> np.ndarray:
     """int64 copy of whole-number views (as the table gave them), float64 otherwise."""
     return values.astype(np.int64) if np.all(values == np.round(values)) else values
@@ -370,6 +438,16 @@ def run_feature_study(latents: sp.spmatrix, table: pd.DataFrame, cfg: EvalConfig
             f"no feature qualifies: none of the {groups.n_features} latents has {cfg.group_size} thumbnails{capped}"
             f" with activation > {cfg.threshold}; lower eval.threshold or eval.group_size"
         )
+    n_zero_median = 0
+    if cfg.drop_zero_median:
+        raw_stat_G = st.stat_of_rows(st.RankedValues.of(views_N), groups.others(), cfg.statistic_kind)
+        n_zero_median = int((raw_stat_G <= 0).sum())
+        groups = groups.subset(raw_stat_G > 0)
+        if groups.n_groups == 0:
+            raise ThumbsaeError(
+                f"no feature qualifies: all {n_zero_median} features with {cfg.group_size} thumbnails above"
+                f" {cfg.threshold} have a group {cfg.statistic} of 0 views (eval.drop_zero_median=true)"
+            )
     others_GK = groups.others()
     raw = _analyse(groups, others_GK, views_N, cfg, log_scale=False)
     adjusted = _analyse(groups, others_GK, adjusted_N, cfg, log_scale=True) if adjusted_N is not None else None
@@ -421,14 +499,20 @@ def run_feature_study(latents: sp.spmatrix, table: pd.DataFrame, cfg: EvalConfig
     })
 
     n_high, n_low, split = _side_sizes(groups.n_groups, cfg.n_side)
+    author_sides = _author_sides(groups.n_groups, cfg.n_side, raw, cfg) if split else None
+    warnings_ = []
+    if split:
+        warnings_.append(author_sides["note"])
+        log.warning(author_sides["note"])
     summary = {
         "n_thumbnails": int(len(table)),
         "n_features": groups.n_features,
         "n_features_tested": groups.n_groups,
         "n_qualifying": groups.n_groups,
+        "n_zero_median_dropped": n_zero_median,
         "group_size": int(cfg.group_size),
         "threshold": float(cfg.threshold),
-        "dataset_median_views": float(np.median(views_N)),
+        "dataset_median_views": st.statistic_of(views_N, _median_kind(cfg)),
         "adjust": cfg.adjust,
         "primary": "adjusted" if adjusted is not None else "raw",
         "sides_split": split,
@@ -436,6 +520,8 @@ def run_feature_study(latents: sp.spmatrix, table: pd.DataFrame, cfg: EvalConfig
             f"only {groups.n_groups} features qualified (< 2 x n_side = {2 * cfg.n_side}):"
             f" split into {n_high} high and {n_low} low without overlap"
         ) if split else None,
+        "author_sides": author_sides,
+        "warnings": warnings_,
         **primary.block,
         "raw": raw.block,
         "adjusted": adjusted.block if adjusted is not None else None,

@@ -10,20 +10,19 @@
   its 95 % CI, q-value, group statistic, n_active.
 - `overview/high.png`, `overview/low.png`: the study's overview grids, the top thumbnail of each
   feature labelled with its rank, feature id and group statistic.
-- `index.html`: a static page (relative links only, every text escaped) with a High and a Low
-  section, each an overview, a table (feature, name, lift, CI, q, n_active, ...) and the panels.
+- `index.html`: a static page (template `panels_index.html`: relative links only, every text
+  escaped) with a High and a Low section, each an overview, a table (feature, name, lift, CI, q,
+  n_active, ...) and the panels.
 
 The output is a pure function of the inputs: same inputs, byte-identical files.
 """
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from thumbsae.files import atomic_write_text, write_atomic
 from thumbsae.data.images import load_rgb
 from thumbsae.errors import ThumbsaeError
+from thumbsae.report.html import render_page
 
 SIDES = ("high", "low")
 PANEL_NAME = re.compile(r"^(high|low)_\d{3,}_feature_\d+\.png$")
@@ -419,80 +419,35 @@ def _draw_overview(
 
 
 def _index_html(sides: dict[str, list[SideFeature]], names: dict, thumb_by_id: dict[str, dict], stat_label: str) -> str:
-    """The static index page; every text goes through `html.escape`, every link is relative."""
-    e = html.escape
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        "<title>thumbsae: feature panels</title>",
-        "<style>",
-        "body{font-family:sans-serif;margin:1.5em;color:#222}",
-        "table{border-collapse:collapse;margin:1em 0}",
-        "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left}",
-        "td.num{text-align:right;font-variant-numeric:tabular-nums}",
-        "figure{margin:1em 0}img{max-width:100%}",
-        "</style>",
-        "</head>",
-        "<body>",
-        "<h1>Feature panels</h1>",
-        "<p>Each panel: the feature's top thumbnails (held-out video outlined) above its top reference "
-        "images. Names come from CLIP text words where the model has a text tower, otherwise from the "
-        "majority label of the top reference images.</p>",
-        '<p><a href="#high">High</a> · <a href="#low">Low</a></p>',
-    ]
+    """The static index page (template `panels_index.html`; autoescaped, relative links only)."""
+    context_sides = []
     for side in SIDES:
-        entries = sides[side]
-        out.append(f'<h2 id="{side}">{e(side.capitalize())} ({len(entries)} features)</h2>')
-        if not entries:
-            out.append(f"<p>No {e(side)} features.</p>")
-            continue
-        out.append(
-            f'<p><a href="overview/{side}.png"><img src="overview/{side}.png" '
-            f'alt="{e(side)} overview: top thumbnail of each feature"></a></p>'
-        )
-        out.append("<table>")
-        out.append(
-            "<thead><tr><th>rank</th><th>feature</th><th>name</th><th>named from</th><th>lift</th>"
-            f"<th>95% CI</th><th>q</th><th>n_active</th><th>{e(stat_label)} (views)</th>"
-            "<th>top thumbnail</th></tr></thead>"
-        )
-        out.append("<tbody>")
-        for entry in entries:
+        entries = []
+        for entry in sides[side]:
             row, name = entry.row, _name_of(names, entry.feature)
-            ci = f"{_number(row.get('lift_ci_low'), '.2f')} – {_number(row.get('lift_ci_high'), '.2f')}"
             top_title = ""
             if entry.members:
                 title = thumb_by_id.get(entry.members[0], {}).get("title", "")
                 top_title = "" if title is None or (isinstance(title, float) and math.isnan(title)) else str(title)
-            link = quote(entry.panel_file)
-            out.append(
-                "<tr>"
-                f'<td class="num">{entry.rank}</td>'
-                f'<td class="num"><a href="{link}">{entry.feature}</a></td>'
-                f"<td>{e(str(name.get('name', '')))}</td>"
-                f"<td>{e(str(name.get('source', 'none')))}</td>"
-                f'<td class="num">{e(_number(row.get("lift"), ".2f"))}</td>'
-                f'<td class="num">{e(ci)}</td>'
-                f'<td class="num">{e(_number(row.get("q_value"), ".3g"))}</td>'
-                f'<td class="num">{e(_number(row.get("n_active"), ".0f"))}</td>'
-                f'<td class="num">{e(_number(_raw_stat(row), ",.0f"))}</td>'
-                f"<td>{e(top_title)}</td>"
-                "</tr>"
+            entries.append(
+                {
+                    "rank": entry.rank,
+                    "feature": entry.feature,
+                    "panel": entry.panel_file,
+                    "name": str(name.get("name", "")),
+                    "source": str(name.get("source", "none")),
+                    "lift": row.get("lift"),
+                    "ci_low": row.get("lift_ci_low"),
+                    "ci_high": row.get("lift_ci_high"),
+                    "q_value": row.get("q_value"),
+                    "n_active": row.get("n_active"),
+                    "raw_stat": _raw_stat(row),
+                    "top_title": top_title,
+                    "caption": f"{side} #{entry.rank}: feature {entry.feature} · {_name_text(name)} · {_lift_text(row)}",
+                }
             )
-        out.append("</tbody>")
-        out.append("</table>")
-        for entry in entries:
-            name = _name_of(names, entry.feature)
-            link = quote(entry.panel_file)
-            caption = f"{side} #{entry.rank}: feature {entry.feature} · {_name_text(name)} · {_lift_text(entry.row)}"
-            out.append(
-                f'<figure id="feature-{entry.feature}"><a href="{link}"><img src="{link}" loading="lazy" '
-                f'alt="{e(caption)}"></a><figcaption>{e(caption)}</figcaption></figure>'
-            )
-    out += ["</body>", "</html>", ""]
-    return "\n".join(out)
+        context_sides.append({"side": side, "overview": f"overview/{side}.png", "entries": entries})
+    return render_page("panels_index.html", sides=context_sides, stat_label=stat_label)
 
 
 def _save_png(image: Image.Image, path: Path) -> None:

@@ -10,6 +10,9 @@
 - `magnitude.png` / `.csv`: every feature's group statistic, sorted, on a log scale, against the
   dataset median, high and low features coloured.
 
+`write_pair_calibration` writes `pair_calibration.png` / `.csv`: the engagement model's pairwise
+probabilities against how often the first of a pair truly wins (a reliability plot).
+
 Figures are drawn on a bare `matplotlib.figure.Figure` with the Agg canvas (no pyplot, no global
 backend switch) and saved without a date or software tag, so the same inputs give the same bytes.
 """
@@ -292,3 +295,44 @@ def _magnitude(out_dir: Path, table: pd.DataFrame, dataset_median: float, scale:
             ordered[["rank", "feature", "group_stat", "lift", "side"]], out_dir / "magnitude.csv"
         ),
     }
+
+
+def write_pair_calibration(
+    out_dir: str | Path, table: pd.DataFrame, *, ece: float, max_gap: float, truth: str = ""
+) -> dict[str, Path]:
+    """Reliability plot of the engagement model's pairwise probabilities, and its CSV.
+
+    table: `PairCalibration.table` (thumbsae.analysis.engagement.pairs): per bin of stated p,
+    `bin_lo`, `bin_hi`, `n_pairs`, `mean_p`, `win_rate`, `counted` (enough pairs to judge).
+    ece, max_gap, truth: shown in the title. Writes `pair_calibration.png` (win rate against
+    stated p, the diagonal and its +-0.05 band, pairs per bin as bars) and `pair_calibration.csv`.
+    Returns file name -> path.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context(RC):
+        fig = _new_figure((6.5, 6.0))
+        ax, bars = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color="#2ca02c", alpha=0.12, label="within 0.05")
+        ax.plot([0, 1], [0, 1], color="#555555", linewidth=1, label="perfect calibration")
+        filled = table[table["n_pairs"] > 0]
+        counted = filled[filled["counted"].astype(bool)]
+        thin = filled[~filled["counted"].astype(bool)]
+        ax.plot(counted["mean_p"], counted["win_rate"], "o-", color="#1f77b4", label="bins with enough pairs")
+        if len(thin):
+            ax.plot(thin["mean_p"], thin["win_rate"], "o", mfc="none", color="#1f77b4", label="too few pairs")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of pairs the first truly wins")
+        title = f"Pairwise probabilities: ECE {_float(ece):.3f}, max gap {_float(max_gap):.3f}"
+        ax.set_title(title + (f"\ntruth: {truth}" if truth else ""), fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        width = (table["bin_hi"] - table["bin_lo"]).to_numpy()
+        bars.bar(table["bin_lo"], table["n_pairs"], width=width, align="edge", color="#7f7f7f", edgecolor="white")
+        bars.set_yscale("symlog")
+        bars.set_xlabel("stated probability that the model's pick beats the other")
+        bars.set_ylabel("pairs")
+        return {
+            "pair_calibration.png": _save(fig, out_dir / "pair_calibration.png"),
+            "pair_calibration.csv": _save_csv(table, out_dir / "pair_calibration.csv"),
+        }

@@ -107,3 +107,41 @@ def log_evaluation(run_or_logger, panels_dir: str | Path, feature_groups: pd.Dat
     for key, value in summary_scalars(summary).items():
         run.summary[key] = value
     return True
+
+
+def log_comparison_row(run_or_logger, row: dict) -> bool:
+    """Give a training run's W&B run the same numbers `thumbsae compare` tabulates.
+
+    row: one `thumbsae.sae.compare.run_summary` row (run, name, arch, n_latents, fvu, l0,
+    dead_fraction, tokens_per_s, ...). Each number goes to the run summary under `compare/`, and
+    the row is logged as a one-row table `compare/sae_runs`, so the runs of a multirun group
+    (`group`) line up in W&B as they do in `sae_comparison.csv`. Returns False when W&B is off.
+    """
+    run = find_wandb_run(run_or_logger)
+    if run is None or _is_disabled(run):
+        log.debug("log_comparison_row: W&B is disabled or no run was given; nothing logged")
+        return False
+    import wandb
+
+    plain = {
+        str(k): (None if isinstance(v, float) and math.isnan(v) else (v.item() if isinstance(v, np.generic) else v))
+        for k, v in row.items()
+    }
+    run.log({"compare/sae_runs": wandb.Table(columns=list(plain), data=[list(plain.values())])})
+    for key, value in summary_scalars(plain, prefix="compare/").items():
+        run.summary[key] = value
+    return True
+
+
+def quiet_wandb_logger(**kwargs):
+    """Lightning's `WandbLogger(**kwargs)` without the `anonymous` setting it always passes.
+
+    Lightning hands `anonymous=None` to `wandb.init`, and W&B then warns on every run that "the
+    anonymous setting has no effect"; dropping the key removes a warning about nothing we set.
+    Use as a logger config's `_target_` (`thumbsae.report.wandb_log.quiet_wandb_logger`).
+    """
+    from pytorch_lightning.loggers import WandbLogger
+
+    logger = WandbLogger(**kwargs)
+    logger._wandb_init.pop("anonymous", None)  # private dict Lightning passes to wandb.init
+    return logger

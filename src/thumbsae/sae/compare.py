@@ -4,8 +4,10 @@ Each run folder holds `sae/config.json` (from `save_sae`) and `metrics.json` (th
 validation metrics written by training: `fvu`, `explained_variance`, `l0`, `dead_fraction`,
 `dense_fraction`, `max_decoder_cos`, and optionally `name`, `n_latents`, `expansion_factor`,
 `k`); throughput `tokens_per_s` / `train_seconds` come from `metrics.json` or, when training
-keeps timings apart, `timing.json`. Writes `OUT/sae_comparison.csv` and `OUT/sae_comparison.png`
-(FVU vs L0, dead fraction and tokens/s by size): the dashboard that works offline.
+keeps timings apart, `timing.json`. `compare_runs` writes `OUT/sae_comparison.csv` and
+`OUT/sae_comparison.png` (FVU vs L0, dead fraction and tokens/s by size);
+`thumbsae.report.compare_report.write_comparison_report` adds each run's evaluation and the HTML
+dashboard around them.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
         "d_in": cfg.d_in,
         "expansion_factor": cfg.latents / cfg.d_in,
         "n_latents": cfg.latents,
-        "k": cfg.k if cfg.arch != "relu" else None,
+        "k": cfg.to_dict().get("k"),  # architectures without a fixed k have none
     }
     for key in COLUMNS[len(row) :]:
         value = metrics.get(key, timing.get(key))
@@ -88,21 +90,25 @@ def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:
     return row
 
 
-def _size_label(row: pd.Series) -> str:
+def size_label(row: pd.Series) -> str:
+    """A run's short label: `topk x16 k32`, or `F=N` for a non-integer expansion."""
     expansion = row["expansion_factor"]
     size = f"x{expansion:g}" if float(expansion).is_integer() else f"F={row['n_latents']}"
     return f"{row['arch']} {size}" + (f" k{int(row['k'])}" if pd.notna(row["k"]) else "")
 
 
 def plot_comparison(table: pd.DataFrame, png_path: Path) -> None:
-    """Three panels: FVU against L0 (one point per run), dead fraction and tokens/s per run."""
-    import matplotlib
+    """Three panels: FVU against L0 (one point per run), dead fraction and tokens/s per run.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare matplotlib `Figure` (no pyplot state) and saved without a software tag.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    labels = [_size_label(row) for _, row in table.iterrows()]
-    fig, (ax_fvu, ax_dead, ax_speed) = plt.subplots(1, 3, figsize=(15, 4.5))
+    labels = [size_label(row) for _, row in table.iterrows()]
+    fig = Figure(figsize=(15, 4.5))
+    FigureCanvasAgg(fig)
+    ax_fvu, ax_dead, ax_speed = fig.subplots(1, 3)
     for arch, group in table.groupby("arch", sort=True):
         ax_fvu.plot(group["l0"], group["fvu"], "o", label=arch)
     ax_fvu.legend(fontsize=8)
@@ -119,19 +125,28 @@ def plot_comparison(table: pd.DataFrame, png_path: Path) -> None:
     fig.tight_layout()
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, dpi=110, metadata={"Software": None})
-    plt.close(fig)
+
+
+def comparison_table(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per run (`run_summary`), columns `COLUMNS`, sorted by number of latents, arch, run."""
+    if not run_dirs:
+        raise ThumbsaeError("compare: give at least one run folder")
+    table = pd.DataFrame([run_summary(r) for r in run_dirs], columns=list(COLUMNS))
+    return table.sort_values(["n_latents", "arch", "run"], kind="stable").reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, csv_path: Path) -> Path:
+    """Write a comparison table as CSV (6 significant digits, `\n` line ends); returns the path."""
+    return atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
 
 
 def compare_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Compare SAE runs: writes `out_dir/sae_comparison.csv` (one row per run, sorted by number of
     latents, columns `COLUMNS`) and `out_dir/sae_comparison.png`; returns both paths."""
-    if not run_dirs:
-        raise ThumbsaeError("compare: give at least one run folder")
-    table = pd.DataFrame([run_summary(r) for r in run_dirs], columns=list(COLUMNS))
-    table = table.sort_values(["n_latents", "arch", "run"], kind="stable").reset_index(drop=True)
+    table = comparison_table(run_dirs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / CSV_NAME, out / PNG_NAME
-    atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_table(table, csv_path)
     plot_comparison(table, png_path)
     return csv_path, png_path

@@ -1,15 +1,19 @@
 """`SAELitModule`: trains a `SparseAutoencoder` under Lightning (CPU, one GPU or DDP).
 
 What it adds around the SAE:
-- `b_dec` initialised from the first training batch (gathered from every rank) or a given sample;
-- Adam with a linear warm-up, then a constant learning rate (the study's `constantwithwarmup`);
-- dead-latent tracking in tokens (AuxK) and in steps (ghost grads), all-reduced across ranks;
+- `b_dec` (and what else the architecture initialises from data) set from the first training
+  batch (gathered from every rank) or a given sample;
+- Adam with a linear warm-up, then a constant learning rate (the study's `constantwithwarmup`),
+  set by an `OptimConfig`;
+- firing tracked in tokens and in steps, all-reduced across ranks; the architecture decides which
+  latents its auxiliary loss treats as dead (AuxK: tokens, ghost grads: steps);
 - the unit-norm decoder: gradient parallel to each row removed before the optimiser step, rows
   renormalised after it;
 - metrics: training (every step, written every `log_every_n_steps`) and validation (FVU centred
   and accumulated in float64, the study's uncentred explained variance, L0, dead and dense
-  fractions, a feature-density histogram, max decoder cosine, tokens/s, and the zero-shot /
-  contrastive metrics of an optional `thumbsae.sae.splice.SpliceEvaluator`).
+  fractions, a feature-density histogram, max decoder cosine, tokens/s, the FVU of each nested
+  prefix for Matryoshka (`val/fvu_prefix_<size>`), and the zero-shot / contrastive metrics of
+  an optional `thumbsae.sae.splice.SpliceEvaluator`).
 
 Checkpoints hold only tensors and plain values, so `trainer.fit(..., ckpt_path=..., weights_only=True)`
 resumes; a resumed run ends with the same weights as an uninterrupted one.
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from thumbsae.errors import ThumbsaeError
-from thumbsae.sae.config import SAEConfig, sae_config_from_dict
+from thumbsae.sae.config import OptimConfig, SAEConfig, optim_config_from_dict, sae_config_from_dict
 from thumbsae.sae.model import SparseAutoencoder
 
 # Latents firing on more than this fraction of validation rows count as dense.
@@ -102,16 +106,18 @@ def density_summary(density_F: np.ndarray) -> dict[str, float]:
 class SAELitModule(pl.LightningModule):
     """Lightning wrapper that trains `self.sae` (a `SparseAutoencoder`) on activation batches.
 
-    cfg: an `SAEConfig` (or the plain dict of one). init_sample: optional activations [N, D] (in
-    the batches' space) to initialise `b_dec` from now, instead of from the first training batch;
-    a mean [1, D] works. prescaled: batches are already multiplied by `cfg.input_scale` (what
-    `ActivationDataModule` delivers); False for raw activations. splice: an optional
-    `SpliceEvaluator` run at each validation end.
+    cfg: an architecture config (`TopKConfig`, ...; or the plain dict of one). optim: an
+    `OptimConfig` (or its plain dict; default: `OptimConfig()`). init_sample: optional
+    activations [N, D] (in the batches' space) to initialise `b_dec` from now, instead of from
+    the first training batch; a mean [1, D] works. prescaled: batches are already multiplied by
+    `cfg.input_scale` (what `ActivationDataModule` delivers); False for raw activations. splice:
+    an optional `SpliceEvaluator` run at each validation end.
     """
 
     def __init__(
         self,
         cfg: SAEConfig | Mapping[str, Any],
+        optim: OptimConfig | Mapping[str, Any] | None = None,
         *,
         init_sample: Tensor | None = None,
         prescaled: bool = True,
@@ -119,43 +125,44 @@ class SAELitModule(pl.LightningModule):
     ):
         super().__init__()
         cfg = cfg if isinstance(cfg, SAEConfig) else sae_config_from_dict(cfg)
+        optim = optim if isinstance(optim, OptimConfig) else optim_config_from_dict(optim or {})
         # Plain values only, so checkpoints load with weights_only=True.
-        self.save_hyperparameters({"cfg": cfg.to_dict(), "prescaled": bool(prescaled)})
+        self.save_hyperparameters({"cfg": cfg.to_dict(), "optim": optim.to_dict(), "prescaled": bool(prescaled)})
         self.cfg = cfg
+        self.optim = optim
         self.prescaled = bool(prescaled)
         self.sae = SparseAutoencoder(cfg)
         F = self.sae.n_latents
         self.register_buffer("tokens_since_fired", torch.zeros(F, dtype=torch.long))
         self.register_buffer("steps_since_fired", torch.zeros(F, dtype=torch.long))
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
-        self.register_buffer("b_dec_ready", torch.tensor(cfg.b_dec_init == "zeros"))
+        # True once the data-dependent initialisation (b_dec, JumpReLU thresholds) has run.
+        self.register_buffer("b_dec_ready", torch.tensor(False))
         self._splice = splice  # a plain attribute: the CLIP model must not enter the state dict
         self._last_step_end: float | None = None
         self._train_seconds = 0.0
         self._train_tokens = 0
         self.last_density_F: np.ndarray | None = None
         if init_sample is not None:
-            self.sae.init_b_dec(init_sample.float(), prescaled=self.prescaled)
+            self.sae.init_from_sample(init_sample.float(), prescaled=self.prescaled)
             self.b_dec_ready.fill_(True)
 
     # ---- optimisation -------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        cfg = self.cfg
+        optim = self.optim
         params = list(self.sae.parameters())
         # The fused kernel is one pass over the weights: ~5x faster than foreach Adam on CPU.
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.bfloat16) for p in params)
-        optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_steps))
+        optimizer = torch.optim.Adam(params, lr=optim.lr, betas=optim.adam_betas, eps=optim.adam_eps, fused=fused)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(optim.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step", "frequency": 1}}
 
     def dead_mask(self) -> Tensor | None:
-        """Latents treated as dead in the next step: for AuxK, no firing in the last
-        `dead_window_tokens` tokens; for ghost grads, in more than `dead_window_steps` steps."""
-        cfg = self.cfg
-        if cfg.arch == "relu":
-            return self.steps_since_fired > cfg.dead_window_steps if cfg.ghost_grads else None
-        return self.tokens_since_fired >= cfg.dead_window_tokens if cfg.aux_coef > 0 else None
+        """Latents the architecture's auxiliary loss treats as dead in the next step (TopK
+        family: no firing in the last `dead_window_tokens` tokens; ReLU with ghost grads: in more
+        than `dead_window_steps` steps); None when it has no such loss."""
+        return self.sae.dead_mask(self.tokens_since_fired, self.steps_since_fired)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x_BD = batch_rows(batch)
@@ -167,24 +174,18 @@ class SAELitModule(pl.LightningModule):
             self._track_firing(out.latent_acts, out.latent_indices, x_BD.shape[0])
             active = (out.latent_acts > 0).sum(-1).float().mean()
             scheduler = self.lr_schedulers()
-            lr = scheduler.get_last_lr()[0] if scheduler is not None else self.cfg.lr
-            self.log_dict(
-                {
-                    "train/loss": out.loss.detach(),
-                    "train/fvu": out.fvu.detach(),
-                    "train/mse": out.mse_loss.detach(),
-                    "train/l0": active,
-                    "train/auxk_loss": out.auxk_loss.detach(),
-                    "train/l1_loss": out.l1_loss.detach(),
-                    "train/ghost_loss": out.ghost_loss.detach(),
-                    "train/dead_fraction": self.window_dead_fraction(),
-                    "train/lr": float(lr),
-                },
-                on_step=True,
-                on_epoch=False,
-            )
-            if self.cfg.ghost_grads and dead is not None:
-                self.log("train/ghost_dead_fraction", dead.float().mean(), on_step=True, on_epoch=False)
+            lr = scheduler.get_last_lr()[0] if scheduler is not None else self.optim.lr
+            logged = {
+                "train/loss": out.loss.detach(),
+                "train/fvu": out.fvu.detach(),
+                "train/mse": out.mse_loss.detach(),
+                "train/l0": active,
+                "train/lr": float(lr),
+                **{f"train/{name}": term.detach() for name, term in out.terms.items()},
+            }
+            if dead is not None:
+                logged["train/dead_fraction"] = dead.float().mean()
+            self.log_dict(logged, on_step=True, on_epoch=False)
         return out.loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -229,7 +230,7 @@ class SAELitModule(pl.LightningModule):
     @torch.no_grad()
     def _init_b_dec_from(self, x_BD: Tensor) -> None:
         sample = self.all_gather(x_BD) if self._world_size() > 1 else x_BD
-        self.sae.init_b_dec(sample.reshape(-1, x_BD.shape[-1]).float(), prescaled=self.prescaled)
+        self.sae.init_from_sample(sample.reshape(-1, x_BD.shape[-1]).float(), prescaled=self.prescaled)
         self.b_dec_ready.fill_(True)
 
     @torch.no_grad()
@@ -242,9 +243,11 @@ class SAELitModule(pl.LightningModule):
         self.steps_since_fired.add_(1).masked_fill_(fired_F, 0)
         self.tokens_seen.add_(tokens)
 
-    def window_dead_fraction(self) -> Tensor:
-        """Fraction of latents that have not fired in the last `dead_window_tokens` tokens."""
-        return (self.tokens_since_fired >= self.cfg.dead_window_tokens).float().mean()
+    def window_dead_fraction(self) -> Tensor | None:
+        """Fraction of latents the architecture's auxiliary loss treats as dead now (None when it
+        has no such loss)."""
+        dead = self.dead_mask()
+        return dead.float().mean() if dead is not None else None
 
     # ---- validation ---------------------------------------------------------------------------
 
@@ -274,6 +277,9 @@ class SAELitModule(pl.LightningModule):
         on = out.latent_acts > 0
         acc["active"] += on.sum()
         acc["fired"] += torch.bincount(out.latent_indices[on], minlength=self.sae.n_latents).to(torch.float64)
+        for size, prefix_out in out.prefix_sae_out.items():
+            sse = (x - prefix_out.to(torch.float64) * scale).pow(2).sum()
+            acc[f"sse_prefix_{size}"] = acc.get(f"sse_prefix_{size}", torch.zeros_like(sse)) + sse
 
     def on_validation_epoch_end(self) -> None:
         acc = {k: self._reduce_sum(v) for k, v in self._val.items()}
@@ -283,16 +289,22 @@ class SAELitModule(pl.LightningModule):
         centred = acc["sum_x2"] - acc["sum_x"].pow(2).sum() / rows
         density_F = (acc["fired"] / rows).cpu().numpy()
         self.last_density_F = density_F
+        dead_train = self.window_dead_fraction()
         metrics: dict[str, float] = {
             "mse": float(acc["sse"] / (rows * self.sae.d_in)),
             "fvu": float(acc["sse"] / centred.clamp_min(1e-300)),
             "explained_variance": float(1 - acc["sse"] / acc["sum_x2"].clamp_min(1e-300)),
             "l0": float(acc["active"] / rows),
             "dead_fraction": float(np.mean(density_F == 0)),
-            "dead_fraction_train": float(self.window_dead_fraction()),
+            "dead_fraction_train": float(dead_train) if dead_train is not None else math.nan,
             "dense_fraction": float(np.mean(density_F > DENSE_FREQUENCY)),
             "max_decoder_cos": max_decoder_cosine(self.sae.W_dec),
             **density_summary(density_F),
+            **{
+                f"fvu_prefix_{key.rsplit('_', 1)[1]}": float(value / centred.clamp_min(1e-300))
+                for key, value in acc.items()
+                if key.startswith("sse_prefix_")
+            },
         }
         if self._train_seconds > 0:
             metrics["tokens_per_s"] = self._train_tokens / self._train_seconds

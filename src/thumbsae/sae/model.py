@@ -1,121 +1,89 @@
 """The sparse autoencoder: `encode` to sparse latents, `decode` them back, `forward` with losses.
 
     pre_BF  = (x_BD * input_scale - b_dec) @ W_enc_FD.T + b_enc
-    latents = topk(pre) | batch-topk(pre) (threshold at inference) | relu(pre), then ReLU
+    latents = the architecture's selection of pre (`thumbsae.sae.variants`)
     x_hat   = (sum_k acts_BK[:, k] * W_dec_FD[indices_BK[:, k]] + b_dec) / input_scale
 
-Latents stay sparse end to end: `encode` returns `(acts_BK, indices_BK)` (zeros are padding for
-relu and batchtopk), `decode` takes them. Raw activations go in and come out; the scaling by
-`cfg.input_scale` happens inside. Shapes: B rows, D = d_in, F latents, K active per row.
+Latents stay sparse end to end: `encode` returns `(acts_BK, indices_BK)` (zeros are padding
+where rows hold different numbers of latents), `decode` takes them. Raw activations go in and
+come out; the scaling by `cfg.input_scale` happens inside. Shapes: B rows, D = d_in, F latents,
+K active per row.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from thumbsae.sae.config import SAEConfig
-from thumbsae.sae.objectives import (
-    auxk_loss,
-    fraction_of_variance_unexplained,
-    ghost_grad_loss,
-    l1_penalty,
-    squared_error,
-    total_variance,
-)
-from thumbsae.sae.sparse_ops import batch_topk_selection, pad_rows, sparse_decode, sparse_encode, topk_selection
+from thumbsae.sae.objectives import total_variance
+from thumbsae.sae.sparse_ops import SparseLatents, sparse_decode
+from thumbsae.sae.variants import variant_for
 
-# Weight of the newest batch in the BatchTopK inference threshold's moving average.
-THRESHOLD_EMA = 0.01
-
-
-class SparseLatents(NamedTuple):
-    """Active latents of each row: values `acts_BK` (>= 0; 0 is padding) and `indices_BK` in [0, F)."""
-
-    acts_BK: Tensor
-    indices_BK: Tensor
+__all__ = ["ForwardOutput", "SparseAutoencoder", "SparseLatents", "geometric_median"]
 
 
 class ForwardOutput(NamedTuple):
-    """What one training forward pass computes (losses are scalars, in the scaled space).
+    """What one training (or evaluation) forward pass computes (losses are scalars, scaled space).
 
     sae_out [B, D]: the reconstruction in raw (unscaled) units. latent_acts / latent_indices
-    [B, K]: the active latents (relu and batchtopk: padded with zeros). fvu: centred FVU of the
-    batch. auxk_loss: AuxK (0 without dead latents). l1_loss: `l1_coef` * mean L1. mse_loss: mean
-    squared error (per `mse_norm`). ghost_loss: ghost-grad term (0 unless enabled). loss: the
-    objective (`fvu + aux_coef * auxk + l1` for topk / batchtopk, `mse + l1 + ghost` for relu).
+    [B, K]: the active latents (padded with zeros where rows differ in count). fvu: centred FVU
+    of the batch. mse_loss: mean squared error (ReLU: per its `mse_norm`). loss: the
+    architecture's objective. terms: its other loss terms by name (`auxk_loss` for the TopK
+    family, `l1_loss` and `ghost_loss` for ReLU, `l0_loss` for JumpReLU). prefix_sae_out: raw
+    reconstructions from nested prefixes of the dictionary by prefix size (Matryoshka only).
     """
 
     sae_out: Tensor
     latent_acts: Tensor
     latent_indices: Tensor
     fvu: Tensor
-    auxk_loss: Tensor
-    l1_loss: Tensor
     mse_loss: Tensor
-    ghost_loss: Tensor
     loss: Tensor
+    terms: dict[str, Tensor]
+    prefix_sae_out: dict[int, Tensor]
 
 
 class SparseAutoencoder(nn.Module):
-    """A TopK, BatchTopK or ReLU sparse autoencoder built from an `SAEConfig`.
+    """A sparse autoencoder of the architecture `cfg` is a config of (`TopKConfig`, ...).
 
-    Parameters: `W_enc` [F, D], `b_enc` [F], `W_dec` [F, D] (one row per latent), `b_dec` [D];
-    batchtopk also has the buffer `threshold` (scalar; < 0 until estimated). The initial weights
-    depend on `cfg.seed` alone, not on the global RNG.
+    Parameters: `W_enc` [F, D], `b_enc` [F], `W_dec` [F, D] (one row per latent), `b_dec` [D],
+    plus the architecture's own (BatchTopK / Matryoshka: buffer `threshold`, a scalar < 0 until
+    estimated; JumpReLU: parameter `log_threshold` [F]). `self.variant` holds the behaviour of
+    the architecture, picked once here. The initial weights depend on `cfg.seed` alone, not on
+    the global RNG.
     """
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.variant = variant_for(cfg)
         self.d_in = cfg.d_in
         self.n_latents = cfg.latents
-        self.k_aux = cfg.aux_k
         F, D = self.n_latents, self.d_in
-        gen = torch.Generator().manual_seed(int(cfg.seed))
-        if cfg.arch == "relu":
-            # The study's init: independent Kaiming-uniform encoder and decoder (fan-in F and D).
-            W_enc = (torch.rand(F, D, generator=gen) * 2 - 1) * math.sqrt(6 / F)
-            W_dec = (torch.rand(F, D, generator=gen) * 2 - 1) * math.sqrt(6 / D)
-        else:
-            # Gao et al.: the encoder starts as the decoder's transpose (nn.Linear-sized rows).
-            W_enc = (torch.rand(F, D, generator=gen) * 2 - 1) / math.sqrt(D)
-            W_dec = W_enc.clone()
+        W_enc, W_dec = self.variant.initial_weights(torch.Generator().manual_seed(int(cfg.seed)), F, D)
         self.W_enc = nn.Parameter(W_enc)
         self.b_enc = nn.Parameter(torch.zeros(F))
         self.W_dec = nn.Parameter(W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
         self.b_dec = nn.Parameter(torch.zeros(D))
-        if cfg.arch == "batchtopk":
-            self.register_buffer("threshold", torch.tensor(-1.0))
+        self.variant.add_state(self)
 
     # ---- encoding -----------------------------------------------------------------------------
 
-    def _pre_acts(self, x_BD: Tensor) -> Tensor:
+    def pre_acts(self, x_BD: Tensor) -> Tensor:
         """Dense pre-activations [B, F] of already-scaled input."""
         return torch.addmm(self.b_enc, x_BD - self.b_dec, self.W_enc.t())
-
-    def _encode_scaled(self, x_BD: Tensor) -> SparseLatents:
-        """Sparse latents of scaled input (inference semantics)."""
-        if self.cfg.arch == "topk":
-            acts, idx, _, _ = sparse_encode(x_BD, self.b_dec, self.W_enc, self.b_enc, topk_selection(self.cfg.k))
-            return SparseLatents(acts, idx)
-        if self.cfg.arch == "batchtopk" and float(self.threshold) < 0:
-            acts, idx, _, _ = sparse_encode(x_BD, self.b_dec, self.W_enc, self.b_enc, batch_topk_selection(self.cfg.k))
-            return SparseLatents(acts, idx)
-        threshold = float(self.threshold) if self.cfg.arch == "batchtopk" else 0.0
-        return _threshold_latents(self._pre_acts(x_BD), threshold)
 
     def encode(self, x_BD: Tensor) -> SparseLatents:
         """Raw activations [B, D] -> `SparseLatents(acts_BK, indices_BK)`.
 
-        topk: exactly K = k per row. relu: every positive latent, rows padded with zeros to the
-        batch's largest count. batchtopk: latents above the saved threshold (padded likewise);
-        before a threshold exists, the batch's B*k largest.
+        topk: exactly K = k per row. relu: every positive latent; jumprelu: every latent above
+        its threshold; batchtopk / matryoshka: latents above the saved threshold (before one
+        exists, the batch's B*k largest). Rows are padded with zeros to the batch's largest count.
         """
-        return self._encode_scaled(x_BD * self.cfg.input_scale)
+        return self.variant.encode(self, x_BD * self.cfg.input_scale)
 
     def encode_dense(self, x_BD: Tensor) -> Tensor:
         """Raw activations [B, D] -> dense latent activations [B, F] (for small batches)."""
@@ -126,76 +94,41 @@ class SparseAutoencoder(nn.Module):
 
     # ---- decoding -----------------------------------------------------------------------------
 
-    def _decode_scaled(self, acts_BK: Tensor, indices_BK: Tensor) -> Tensor:
-        return sparse_decode(acts_BK, indices_BK, self.W_dec) + self.b_dec
-
     def decode(self, acts_BK: Tensor, indices_BK: Tensor) -> Tensor:
         """Sparse latents `(acts_BK, indices_BK)` -> reconstruction [B, D] in raw units (an
         embedding-bag over the decoder rows, never a dense [B, F] x [F, D] matmul)."""
-        return self._decode_scaled(acts_BK, indices_BK) / self.cfg.input_scale
+        return (sparse_decode(acts_BK, indices_BK, self.W_dec) + self.b_dec) / self.cfg.input_scale
 
     # ---- training forward ---------------------------------------------------------------------
 
     def forward(self, x_BD: Tensor, dead_mask: Tensor | None = None, *, prescaled: bool = False) -> ForwardOutput:
         """One training (or evaluation) pass over raw activations `x_BD` [B, D].
 
-        dead_mask [F] bool: latents considered dead (AuxK for topk / batchtopk, ghost grads for
-        relu with `ghost_grads`). `prescaled=True` when `x_BD` is already multiplied by
-        `cfg.input_scale` (as the activation DataModule delivers it). In training mode batchtopk
-        selects the batch's top B*k and updates its inference threshold; in eval mode it uses it.
+        dead_mask [F] bool: latents the architecture's auxiliary loss treats as dead (AuxK for
+        the TopK family, ghost grads for ReLU with `ghost_grads`). `prescaled=True` when `x_BD` is
+        already multiplied by `cfg.input_scale` (as the activation DataModule delivers it). In
+        training mode batchtopk selects the batch's top B*k and updates its inference threshold;
+        in eval mode it uses it.
         """
-        cfg = self.cfg
-        x = x_BD if prescaled else x_BD * cfg.input_scale
+        scale = self.cfg.input_scale
+        x = x_BD if prescaled else x_BD * scale
         x = x.to(self.W_enc.dtype) if not torch.is_autocast_enabled(x.device.type) else x
-        variance = total_variance(x)
-        zero = x.new_zeros(())
-        aux = ghost = zero
-        if cfg.arch == "relu":
-            pre_BF = self._pre_acts(x)
-            acts_BF = torch.relu(pre_BF)
-            x_hat = acts_BF @ self.W_dec + self.b_dec
-            acts_BK, idx_BK = _threshold_latents(acts_BF, 0.0)
-            l1 = cfg.l1_coef * l1_penalty(acts_BF)
-        else:
-            if cfg.arch == "batchtopk" and (self.training or float(self.threshold) < 0):
-                select = batch_topk_selection(cfg.k)
-            elif cfg.arch == "batchtopk":
-                select = _threshold_selection(float(self.threshold))
-            else:
-                select = topk_selection(cfg.k)
-            use_aux = dead_mask is not None and cfg.aux_coef > 0 and self.training
-            acts_BK, idx_BK, aux_acts_BA, aux_idx_BA = sparse_encode(
-                x, self.b_dec, self.W_enc, self.b_enc, select, dead_mask if use_aux else None, self.k_aux
-            )
-            x_hat = sparse_decode(acts_BK, idx_BK, self.W_dec) + self.b_dec
-            if aux_idx_BA.shape[1] > 0:
-                aux_recon = sparse_decode(aux_acts_BA, aux_idx_BA, self.W_dec)
-                aux = auxk_loss(x - x_hat, aux_recon, variance, int(dead_mask.sum()), self.k_aux)
-            l1 = cfg.l1_coef * l1_penalty(acts_BK) if cfg.l1_coef > 0 else zero
-            if cfg.arch == "batchtopk" and self.training:
-                self._update_threshold(acts_BK)
-        err_BD = squared_error(x, x_hat, cfg.mse_norm)
-        mse = err_BD.mean()
-        fvu = fraction_of_variance_unexplained(x, x_hat, variance)
-        if cfg.arch == "relu":
-            if cfg.ghost_grads and self.training and dead_mask is not None and bool(dead_mask.any()):
-                ghost = ghost_grad_loss(x, x_hat, pre_BF, dead_mask, self.W_dec, err_BD)
-            loss = mse + l1 + ghost
-        else:
-            loss = fvu + cfg.aux_coef * aux + l1
-        return ForwardOutput(x_hat / cfg.input_scale, acts_BK, idx_BK, fvu, aux, l1, mse, ghost, loss)
+        step = self.variant.forward(self, x, dead_mask, total_variance(x))
+        prefixes = {size: x_hat / scale for size, x_hat in step.prefix_x_hat.items()}
+        return ForwardOutput(
+            step.x_hat_BD / scale, step.acts_BK, step.indices_BK, step.fvu, step.mse, step.loss, step.terms, prefixes
+        )
+
+    def dead_mask(self, tokens_since_fired_F: Tensor, steps_since_fired_F: Tensor) -> Tensor | None:
+        """Latents the architecture's auxiliary loss treats as dead given how long each has not
+        fired (in tokens and in steps); None when it has no such loss."""
+        return self.variant.dead_mask(tokens_since_fired_F, steps_since_fired_F)
 
     @torch.no_grad()
-    def _update_threshold(self, acts_BK: Tensor) -> None:
-        """Moving average of the smallest selected activation of each batch (Bussmann et al.)."""
-        positive = acts_BK[acts_BK > 0]
-        if positive.numel() == 0:
-            return
-        smallest = positive.min().to(self.threshold.dtype)
-        if float(self.threshold) < 0:
-            self.threshold.copy_(smallest)
-        else:
-            self.threshold.mul_(1 - THRESHOLD_EMA).add_(THRESHOLD_EMA * smallest)
+    def inference_form(self) -> SparseAutoencoder:
+        """The SAE as it runs at inference: for BatchTopK and Matryoshka a JumpReLU with the same
+        weights and their threshold on every latent (as SAELens saves them); itself otherwise."""
+        return self.variant.inference_form(self)
 
     # ---- decoder constraints and initialisation -----------------------------------------------
 
@@ -212,6 +145,14 @@ class SparseAutoencoder(nn.Module):
             return
         parallel_F1 = torch.linalg.vecdot(self.W_dec.grad, self.W_dec).unsqueeze(1)
         self.W_dec.grad.addcmul_(parallel_F1, self.W_dec, value=-1.0)
+
+    @torch.no_grad()
+    def init_from_sample(self, x_ND: Tensor, *, prescaled: bool = False) -> None:
+        """Data-dependent initialisation from sample activations [N, D]: `b_dec` per
+        `cfg.b_dec_init`, then the architecture's own (JumpReLU with `init_l0`: its thresholds)."""
+        self.init_b_dec(x_ND, prescaled=prescaled)
+        x = x_ND if prescaled else x_ND * self.cfg.input_scale
+        self.variant.init_from_sample(self, x.to(self.W_enc.dtype))
 
     @torch.no_grad()
     def init_b_dec(self, x_ND: Tensor, method: str | None = None, *, prescaled: bool = False) -> None:
@@ -242,19 +183,3 @@ def geometric_median(x_ND: Tensor, *, max_iter: int = 100, tol: float = 1e-7) ->
             break
     return y
 
-
-def _threshold_latents(pre_BF: Tensor, threshold: float) -> SparseLatents:
-    """Latents with pre-activation above `threshold` (>= 0), per row padded with zeros."""
-    rows_N, cols_N = (pre_BF > threshold).nonzero(as_tuple=True)
-    acts_BK, idx_BK = pad_rows(rows_N, cols_N, pre_BF[rows_N, cols_N], pre_BF.shape[0])
-    return SparseLatents(acts_BK, idx_BK)
-
-
-def _threshold_selection(threshold: float):
-    """A `sparse_encode` selection keeping pre-activations above `threshold`."""
-
-    def select(pre_BF: Tensor) -> tuple[Tensor, Tensor]:
-        acts_BK, idx_BK = _threshold_latents(pre_BF, threshold)
-        return acts_BK, idx_BK
-
-    return select

@@ -17,6 +17,7 @@ intermediate, unlike `index_add_` on materialised rows); on accelerators it is `
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse
@@ -26,6 +27,13 @@ from torch import Tensor
 
 # A selection maps pre-activations [B, F] to (values [B, K], indices [B, K]) of chosen entries.
 Selection = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+class SparseLatents(NamedTuple):
+    """Active latents of each row: values `acts_BK` (>= 0; 0 is padding) and `indices_BK` in [0, F)."""
+
+    acts_BK: Tensor
+    indices_BK: Tensor
 
 # Elements of the accelerator index_add_'s [rows*K, D] intermediate per chunk (256 MiB in float32).
 _ADD_CHUNK_ELEMENTS = 2**26
@@ -89,10 +97,10 @@ def rowwise_gather_dot(indices_BK: Tensor, weight_FD: Tensor, y_BD: Tensor) -> T
 
 
 class _SparseEncode(torch.autograd.Function):
-    """pre = (x - b_dec) W_enc^T + b_enc; selected entries (+ AuxK entries) through ReLU."""
+    """pre = (x - b_dec) W_enc^T + b_enc; selected entries (+ AuxK entries) through ReLU (or raw)."""
 
     @staticmethod
-    def forward(ctx, x_BD, b_dec_D, W_enc_FD, b_enc_F, select, dead_mask_F, k_aux):  # noqa: D102
+    def forward(ctx, x_BD, b_dec_D, W_enc_FD, b_enc_F, select, dead_mask_F, k_aux, relu):  # noqa: D102
         x_in_BD = x_BD - b_dec_D.to(x_BD.dtype)
         device = x_in_BD.device.type
         # Under autocast, cast the weights once rather than once per row chunk.
@@ -118,10 +126,20 @@ class _SparseEncode(torch.autograd.Function):
                 aux_vals, aux_idx = pre_RF.new_zeros(pre_RF.shape[0], 0), idx.new_zeros(pre_RF.shape[0], 0)
             parts.append((vals, idx, aux_vals, aux_idx))
             del pre_RF
+        if len({part[0].shape[1] for part in parts}) > 1:
+            # Threshold selections give each chunk its own width: pad all to the widest.
+            width, fill = max(part[0].shape[1] for part in parts), float(getattr(select, "fill", 0.0))
+            parts = [
+                (F.pad(v, (0, width - v.shape[1]), value=fill), F.pad(i, (0, width - i.shape[1])), av, ai)
+                for v, i, av, ai in parts
+            ]
         vals_BK, idx_BK, aux_vals_BA, aux_idx_BA = (torch.cat(t) for t in zip(*parts))
-        acts_BK = vals_BK.clamp_min(0)
+        acts_BK = vals_BK.clamp_min(0) if relu else vals_BK
         aux_acts_BA = aux_vals_BA.clamp_min(0)
-        ctx.save_for_backward(x_in_BD, W_enc_FD, torch.cat([idx_BK, aux_idx_BA], 1), torch.cat([acts_BK, aux_acts_BA], 1) > 0)
+        # ReLU passes the gradient only where the selected pre-activation was positive; raw values
+        # pass it wherever an entry was selected (padding is -inf there).
+        active_BK = acts_BK > 0 if relu else torch.isfinite(acts_BK)
+        ctx.save_for_backward(x_in_BD, W_enc_FD, torch.cat([idx_BK, aux_idx_BA], 1), torch.cat([active_BK, aux_acts_BA > 0], 1))
         ctx.n_latents = n
         ctx.mark_non_differentiable(idx_BK, aux_idx_BA)
         return acts_BK, idx_BK, aux_acts_BA, aux_idx_BA
@@ -129,8 +147,7 @@ class _SparseEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_acts_BK, _grad_idx, grad_aux_BA, _grad_aux_idx):  # noqa: D102
         x_in_BD, W_enc_FD, idx_BN, active_BN = ctx.saved_tensors
-        # ReLU passes the gradient only where the selected pre-activation was positive.
-        g_BN = torch.cat([grad_acts_BK, grad_aux_BA.to(grad_acts_BK.dtype)], 1) * active_BN
+        g_BN = torch.where(active_BN, torch.cat([grad_acts_BK, grad_aux_BA.to(grad_acts_BK.dtype)], 1), 0.0)
         g_BN = g_BN.to(torch.float32)
         grad_x = grad_b_dec = grad_W = grad_b_enc = None
         grad_b_enc_F = torch.zeros(ctx.n_latents, dtype=torch.float32, device=g_BN.device)
@@ -144,7 +161,7 @@ class _SparseEncode(torch.autograd.Function):
             grad_b_dec = -(grad_b_enc_F.to(W_enc_FD.dtype) @ W_enc_FD)
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(idx_BN, W_enc_FD, per_sample_weights=g_BN.to(W_enc_FD.dtype), mode="sum")
-        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None
+        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None
 
 
 def sparse_encode(
@@ -155,6 +172,8 @@ def sparse_encode(
     select: Selection,
     dead_mask_F: Tensor | None = None,
     k_aux: int = 0,
+    *,
+    relu: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Encode with a sparse backward.
 
@@ -162,9 +181,11 @@ def sparse_encode(
     indices_BK)`; dead_mask_F [F] bool (AuxK candidates) with `k_aux` entries per row.
     Returns `(acts_BK, indices_BK, aux_acts_BA, aux_indices_BA)`, acts after ReLU; A = 0 when no
     latent is dead. Gradients flow to b_dec, W_enc, b_enc (and x if it requires grad) from the
-    K + A selected entries of each row.
+    K + A selected entries of each row. `relu=False` returns the selected pre-activations as
+    they are (for an activation applied afterwards, like JumpReLU); the selection then pads
+    with -inf, and the gradient flows through every finite entry.
     """
-    return _SparseEncode.apply(x_BD, b_dec_D, W_enc_FD, b_enc_F, select, dead_mask_F, int(k_aux))
+    return _SparseEncode.apply(x_BD, b_dec_D, W_enc_FD, b_enc_F, select, dead_mask_F, int(k_aux), bool(relu))
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -224,16 +245,35 @@ class batch_topk_selection:  # noqa: N801
         return pad_rows(flat_N[order] // n, flat_N[order] % n, vals_N[order], B)
 
 
-def pad_rows(rows_N: Tensor, cols_N: Tensor, vals_N: Tensor, n_rows: int) -> tuple[Tensor, Tensor]:
+def pad_rows(
+    rows_N: Tensor, cols_N: Tensor, vals_N: Tensor, n_rows: int, fill: float = 0.0
+) -> tuple[Tensor, Tensor]:
     """Scatter entries (row, col, value), sorted by row, into per-row padded `(values_BK, indices_BK)`.
 
     Entries keep their order within a row; K is the largest row count (at least 1); padding has
-    value 0 and index 0. Values stay differentiable.
+    value `fill` and index 0. Values stay differentiable.
     """
     counts_B = torch.bincount(rows_N, minlength=n_rows)
     K = max(int(counts_B.max()) if counts_B.numel() else 0, 1)
     starts_B = torch.cumsum(counts_B, 0) - counts_B
     pos_N = torch.arange(rows_N.numel(), device=rows_N.device) - starts_B[rows_N]
-    values_BK = vals_N.new_zeros(n_rows, K).index_put((rows_N, pos_N), vals_N)
+    values_BK = vals_N.new_full((n_rows, K), fill).index_put((rows_N, pos_N), vals_N)
     indices_BK = cols_N.new_zeros(n_rows, K).index_put((rows_N, pos_N), cols_N)
     return values_BK, indices_BK
+
+
+class threshold_selection:  # noqa: N801
+    """Pre-activations above a threshold (a scalar, or one per latent `[F]`), per row padded to the
+    batch's largest row count with `fill` (0 for latents, -inf for raw pre-activations)."""
+
+    rowwise = True
+
+    def __init__(self, threshold: float | Tensor, fill: float = 0.0):
+        self.threshold, self.fill = threshold, float(fill)
+
+    def __call__(self, pre_BF: Tensor) -> tuple[Tensor, Tensor]:
+        threshold = self.threshold
+        if isinstance(threshold, Tensor):
+            threshold = threshold.to(device=pre_BF.device, dtype=pre_BF.dtype)
+        rows_N, cols_N = (pre_BF > threshold).nonzero(as_tuple=True)
+        return pad_rows(rows_N, cols_N, pre_BF[rows_N, cols_N], pre_BF.shape[0], self.fill)

@@ -1,8 +1,9 @@
-"""The embedded default: make the synthetic world (and the tiny CLIP trained on it) on first use.
+"""The embedded default: make the synthetic world on first use (the world CLIP ships with thumbsae).
 
 `python train.py` with no arguments must work on a fresh clone, offline: when the configured image
-sets live under `world.out` and are missing, the world is generated from the `world` config; when
-the model config points at the world CLIP checkpoint and it is missing, it is trained.
+sets live under `paths.world` and are missing, the world is generated from the `world` group. The
+default model (`model=tiny_world`) is the world CLIP shipped in the package (`thumbsae:world_clip`),
+so nothing is trained before the SAE; `thumbsae world-clip` retrains it.
 """
 
 from __future__ import annotations
@@ -11,50 +12,19 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-WORLD_CLIP_DEFAULT = Path("data/world_clip/model.safetensors")
-
-
-def world_config(cfg: DictConfig):
-    """`thumbsae.world.WorldConfig` from the Hydra `world` node."""
-    from thumbsae.world import WorldConfig
-
-    w = cfg.world
-    return WorldConfig(
-        n_thumbnails=int(w.thumbnails),
-        n_reference_per_class=int(w.reference_per_class),
-        n_channels=int(w.channels),
-        seed=int(w.seed),
-        null=bool(w.null),
-        width=int(w.width),
-        height=int(w.height),
-    )
+from thumbsae.config import build
 
 
 def ensure_world(cfg: DictConfig) -> None:
-    """Generate the world at `world.out` if any configured image set points into it and is missing."""
+    """Generate the world at `paths.world` if any configured image set points into it and is missing."""
     from thumbsae.world import generate_world
 
-    out = Path(cfg.world.out)
+    out = Path(cfg.paths.world)
     sources = [cfg.data.get(k) for k in ("train", "thumbnails", "reference")]
     wanted = [Path(s) for s in sources if s and _is_under(Path(s), out)]
     if wanted and not all(p.exists() for p in wanted):
         print(f"embedded default: generating the synthetic world in {out}")
-        generate_world(world_config(cfg), out)
-
-
-def ensure_world_clip(cfg: DictConfig) -> None:
-    """Train the tiny world CLIP if the model config points at its (missing) default checkpoint."""
-    pretrained = cfg.model.get("pretrained")
-    if not pretrained or Path(pretrained) != WORLD_CLIP_DEFAULT or WORLD_CLIP_DEFAULT.exists():
-        return
-    from thumbsae.activations.world_clip import train_world_clip
-    from thumbsae.world import generate_world
-
-    out = Path(cfg.world.out)
-    if not (out / "thumbnails.csv").exists():
-        generate_world(world_config(cfg), out)
-    print(f"embedded default: training the tiny world CLIP into {WORLD_CLIP_DEFAULT}")
-    train_world_clip(out, WORLD_CLIP_DEFAULT, seed=int(cfg.seed))
+        generate_world(build(cfg.world, "world"), out)
 
 
 def _is_under(path: Path, folder: Path) -> bool:

@@ -8,43 +8,50 @@ Writes, under the run folder, the files ../shared/CONTRACT.md names: `feature_gr
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from thumbsae.activations.config import ClipConfig, HookConfig
+from thumbsae.config import build, refuse_overrides, setting, to_plain
+from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
-from thumbsae.tasks.extract import clip_kwargs, extract_store
+from thumbsae.tasks.extract import extract_store
+from thumbsae.tasks.sae_source import HOOK_KEYS, hook_defaults, refuse_hook_settings
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
 
 
-def resolve_sae_dir(cfg: DictConfig) -> Path:
-    """`sae_dir`, or the embedded SAE (trained first with `train.py` defaults when missing)."""
+def resolve_sae_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
+    """`sae_dir`, or the embedded SAE: trained first, in this process and with this config's training
+    groups, into `default_sae_run` when it is not there yet.
+
+    Training settings (`sae.*`, `trainer.*`, ...) given with an existing SAE would be ignored, so they
+    are refused in one line.
+    """
+    from thumbsae.tasks.train import TRAIN_GROUPS, train
+
     if cfg.get("sae_dir"):
+        refuse_overrides(overrides, TRAIN_GROUPS, why=f"sae_dir={cfg.sae_dir} is an SAE that is already trained")
         return Path(cfg.sae_dir)
     run = Path(cfg.default_sae_run)
-    if not (run / "sae" / "config.json").exists():
-        print(f"no sae_dir given: training the embedded SAE into {run}")
-        cmd = [sys.executable, str(Path(__file__).resolve().parents[3] / "train.py"), f"hydra.run.dir={run}"]
-        subprocess.run(cmd, check=True)
-    return run / "sae"
+    if (run / "sae" / "config.json").exists():
+        refuse_overrides(overrides, TRAIN_GROUPS, why=f"the embedded SAE in {run} is already trained; train a new one with train.py")
+        return run / "sae"
+    print(f"no sae_dir given: training the embedded SAE into {run}")
+    return train(cfg, run)
 
 
-def settings_from_sae(cfg: DictConfig, sae_config: dict) -> DictConfig:
-    """A copy of `cfg` whose `model` and `activations` hook match the SAE's own training settings.
-
-    An SAE is only meaningful on the activations it was trained on, so evaluate never takes the
-    CLIP model, layer, token mode or fit from its own config.
-    """
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    cfg.model = OmegaConf.create(dict(sae_config["clip"]))
-    for key in ("layer", "tokens", "fit"):
-        cfg.activations[key] = sae_config["hook"][key]
-    return cfg
+def hook_from_sae(cfg: DictConfig, sae_config: dict, overrides: Sequence[str]) -> tuple[ClipConfig, HookConfig]:
+    """The CLIP model and hook an SAE was trained on, with this run's storage settings
+    (`activations.dtype`, `cache_dir`, stores)."""
+    refuse_hook_settings(sae_config, overrides)
+    clip_cfg = build({"_target_": "thumbsae.activations.config.ClipConfig", **sae_config["clip"]}, "clip (SAE config)")
+    hook_values = {**to_plain(cfg.activations), **{k: sae_config["hook"][k] for k in HOOK_KEYS}}
+    return clip_cfg, build(hook_values, "activations")
 
 
 def align(table: pd.DataFrame, video_ids: list[str]) -> pd.DataFrame:
@@ -53,31 +60,41 @@ def align(table: pd.DataFrame, video_ids: list[str]) -> pd.DataFrame:
     return indexed.loc[list(video_ids)].reset_index(drop=True)
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    """Run the whole evaluation; returns the summary written to `out_dir/summary.json`."""
-    from thumbsae.activations import load_clip
+def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> dict:
+    """Run the whole evaluation; returns the summary written to `out_dir/summary.json`.
+
+    overrides: the command line's Hydra overrides, to refuse the ones this run would not use.
+    Every setting is checked before the first expensive step.
+    """
     from thumbsae.analysis.latents import encode_latents, save_latents
-    from thumbsae.analysis.study import EvalConfig, run_feature_study, write_study
+    from thumbsae.analysis.study import run_feature_study, write_study
     from thumbsae.jsonable import to_json_ready
     from thumbsae.sae import load_sae
 
+    setting(cfg, "seed", int)  # checked now, used when the engagement model is fitted
+    data = build(cfg.data, "data")
+    eval_cfg = build(cfg.eval, "eval")
+    eng_cfg = build(cfg.engagement, "engagement")
+    build(cfg.activations, "activations")
+    for key in ("thumbnails", "reference"):
+        if not getattr(data, key):
+            raise ThumbsaeError(f"data.{key}: not set; pass data.{key}=IMAGES (a manifest or a folder)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ensure_world(cfg)
-    sae_dir = resolve_sae_dir(cfg)
-    sae, sae_config = load_sae(sae_dir)
-    cfg = settings_from_sae(cfg, sae_config)
-    clip = load_clip(**clip_kwargs(cfg.model))
+    sae_dir = resolve_sae_dir(cfg, overrides)
+    sae, sae_config = load_sae(sae_dir, hook_defaults=hook_defaults(cfg, overrides))
+    clip_cfg, hook = hook_from_sae(cfg, sae_config, overrides)
+    clip = clip_cfg.load()
 
     thumb_store, thumbnails = extract_store(
-        cfg, cfg.data.thumbnails, kind="thumbnails", rejects_path=out_dir / "rejects.csv", clip=clip,
-        out_dir=cfg.activations.get("thumbnails_store"),
+        data.thumbnails, kind="thumbnails", hook=hook, clip_cfg=clip_cfg, strict=data.strict,
+        rejects_path=out_dir / "rejects.csv", clip=clip, out_dir=hook.thumbnails_store,
     )
     ref_store, reference = extract_store(
-        cfg, cfg.data.reference, kind="reference", rejects_path=out_dir / "rejects_reference.csv", clip=clip,
-        out_dir=cfg.activations.get("reference_store"),
+        data.reference, kind="reference", hook=hook, clip_cfg=clip_cfg, strict=data.strict,
+        rejects_path=out_dir / "rejects_reference.csv", clip=clip, out_dir=hook.reference_store,
     )
-    eval_cfg = EvalConfig.from_mapping(OmegaConf.to_container(cfg.eval, resolve=True))
     thumb_latents = encode_latents(sae, thumb_store, pool=eval_cfg.pool)
     ref_latents = encode_latents(sae, ref_store, pool=eval_cfg.pool)
     save_latents(thumb_latents, out_dir / "latents_thumbnails.npz")
@@ -98,9 +115,9 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
         summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
 
     if cfg.get("engagement_model", True):
-        embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=str(cfg.activations.fit))
+        embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit)
         summary["predictor"] = fit_and_save_engagement_model(
-            cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
+            cfg, eng_cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
         )
 
     summary["sae_dir"] = str(sae_dir)
@@ -178,25 +195,18 @@ def world_recovery(cfg, result, csr, thumbnails, eval_cfg) -> dict | None:
     return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted, alpha=eval_cfg.alpha)
 
 
-def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:
-    """Fit the engagement model on (adjusted) log views, save it with its features' info."""
-    from thumbsae.analysis.adjust import adjust_views
-    from thumbsae.analysis.predictor import fit_engagement_model
+def fit_and_save_engagement_model(cfg, eng_cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:
+    """Fit the engagement model (`engagement.*`) on the thumbnails' target, save it with its features'
+    info, and measure how calibrated its pairwise probabilities are on held-out channels."""
+    from thumbsae.analysis.engagement import engagement_target, fit_engagement_model
+    from thumbsae.analysis.engagement.pairs import held_out_pair_calibration
+    from thumbsae.report.plots import write_pair_calibration
 
-    has_channel = "channel_id" in thumbnails.columns
-    if has_channel:
-        target = adjust_views(thumbnails, "channel")
-        kind = "channel_relative"
-    else:
-        target = np.log1p(thumbnails["views"].to_numpy(dtype=np.float64))
-        kind = "raw"
+    seed = int(cfg.seed)
+    target = engagement_target(thumbnails)
     model, metrics = fit_engagement_model(
-        csr,
-        target,
-        groups=thumbnails["channel_id"].astype(str).to_numpy() if has_channel else None,
-        baseline_embeddings=embeddings,
-        seed=int(cfg.seed),
-        target_kind=kind,
+        csr, target.values, groups=target.groups, baseline_embeddings=embeddings, seed=seed,
+        target_kind=target.kind, config=eng_cfg,
     )
     # rank pools a still's token latents the way the model was fitted.
     model.metrics["pool"] = metrics["pool"] = eval_cfg.pool
@@ -212,4 +222,10 @@ def fit_and_save_engagement_model(cfg, model_dir, csr, thumbnails, embeddings, f
             "examples": [image_of[v] for v in str(row.members).split(";")[:6] if v in image_of],
         }
     model.save(model_dir, feature_info=info)
+    if "channel_id" in thumbnails.columns and getattr(model, "pair_curve", None) is not None:
+        calib = held_out_pair_calibration(model, csr, thumbnails, seed=seed, config=eng_cfg)
+        metrics["pair_calibration"] = calib.summary()
+        if cfg.get("report", True):
+            write_pair_calibration(Path(model_dir).parent / "plots", calib.table, ece=calib.ece, max_gap=calib.max_gap,
+                                   truth=calib.truth)
     return metrics

@@ -6,62 +6,87 @@ import hashlib
 import json
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from thumbsae.activations.config import ClipConfig, HookConfig
 
 
-def clip_kwargs(model_cfg: DictConfig | dict) -> dict:
-    """Keyword arguments of `thumbsae.activations.load_clip` from a `model` config node."""
-    m = OmegaConf.to_container(model_cfg, resolve=True) if isinstance(model_cfg, DictConfig) else dict(model_cfg)
-    keys = ("name", "pretrained", "overrides", "quick_gelu", "mean", "std", "image_size", "seed", "sha256")
-    kwargs = {k: m.get(k) for k in keys}
-    kwargs["seed"] = int(kwargs["seed"] or 0)
-    return kwargs
-
-
-def store_folder(cfg: DictConfig, source: str | Path, kind: str) -> Path:
+def store_folder(source: str | Path, kind: str, hook: HookConfig, clip_cfg: ClipConfig) -> Path:
     """The cache folder of the store for `source` under these model/activation settings.
 
     The store itself checks a content hash of the images, so a changed image set is re-extracted.
     """
-    a = cfg.activations
     key = {
         "source": str(Path(source).resolve()),
         "kind": kind,
-        "model": clip_kwargs(cfg.model),
-        "layer": int(a.layer),
-        "tokens": str(a.tokens),
-        "fit": str(a.fit),
-        "dtype": str(a.dtype),
+        "model": clip_cfg.to_dict(),
+        "layer": hook.layer,
+        "tokens": hook.tokens,
+        "fit": hook.fit,
+        "dtype": hook.dtype,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(a.cache_dir) / f"{Path(source).stem}-{kind}-{digest}"
+    return Path(hook.cache_dir) / f"{Path(source).stem}-{kind}-{digest}"
 
 
 def extract_store(
-    cfg: DictConfig, source: str | Path, *, kind: str, rejects_path: Path, out_dir: Path | None = None, clip=None
+    source: str | Path,
+    *,
+    kind: str,
+    hook: HookConfig,
+    clip_cfg: ClipConfig,
+    strict: bool,
+    rejects_path: Path,
+    out_dir: str | Path | None = None,
+    clip=None,
 ):
-    """Validate `source`, then extract its activations at the configured hook into a store.
+    """Validate `source`, then extract its activations at `hook` into a store (`out_dir`, or the cache).
 
     Returns `(ActivationStore, images DataFrame)`; rejected rows go to `rejects_path`.
     """
-    from thumbsae.activations import extract_to_store, load_clip
+    from thumbsae.activations import extract_to_store
     from thumbsae.data import load_image_set
 
-    images = load_image_set(source, kind=kind, rejects_path=rejects_path, strict=bool(cfg.data.strict))
-    clip = clip if clip is not None else load_clip(**clip_kwargs(cfg.model))
-    a = cfg.activations
+    images = load_image_set(source, kind=kind, rejects_path=rejects_path, strict=strict)
+    clip = clip if clip is not None else clip_cfg.load()
     store = extract_to_store(
         images,
         clip,
-        layer=int(a.layer),
-        tokens=str(a.tokens),
-        fit=str(a.fit),
-        out_dir=Path(out_dir) if out_dir is not None else store_folder(cfg, source, kind),
-        dtype=str(a.dtype),
-        shard_rows=int(a.shard_rows),
-        batch_size=int(a.batch_size),
-        num_workers=None if a.num_workers is None else int(a.num_workers),
+        layer=hook.layer,
+        tokens=hook.tokens,
+        fit=hook.fit,
+        out_dir=Path(out_dir) if out_dir is not None else store_folder(source, kind, hook, clip_cfg),
+        dtype=hook.dtype,
+        shard_rows=hook.shard_rows,
+        batch_size=hook.batch_size,
+        num_workers=hook.num_workers,
         # Images were decoded once during validation; a file that changes in between lands here.
         rejects_path=rejects_path.with_name(rejects_path.stem + "_extract.csv"),
     )
     return store, images
+
+
+def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported lazily
+    """`python extract.py`: the store of `source` (`kind` images|thumbnails|reference) at `out`;
+    rejects go to `<out>_rejects.csv` beside it. Under torchrun every rank runs this and the ranks
+    share the shards (one store, read as a single process would write it). Returns the store and
+    whether this process is the main one."""
+    from thumbsae.activations.distributed import extraction_group
+    from thumbsae.config import build
+    from thumbsae.data import KINDS
+    from thumbsae.errors import ThumbsaeError
+    from thumbsae.tasks.embedded import ensure_world
+
+    data = build(cfg.data, "data")
+    clip_cfg = build(cfg.model, "model")
+    hook = build(cfg.activations, "activations")
+    if cfg.kind not in KINDS:
+        raise ThumbsaeError(f"kind={cfg.kind!r}: expected one of {', '.join(KINDS)}")
+    if not cfg.source:
+        raise ThumbsaeError("source: not set; pass source=IMAGES (a manifest or a folder)")
+    out = Path(cfg.out)
+    with extraction_group() as ranks:
+        if ranks.is_main:
+            ensure_world(cfg)
+        ranks.barrier()
+        store, _ = extract_store(cfg.source, kind=cfg.kind, hook=hook, clip_cfg=clip_cfg, strict=data.strict,
+                                 rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)
+    return store, ranks.is_main

@@ -11,8 +11,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from thumbsae.config import build
 
 
 def make_loggers(logger_cfg: DictConfig | None, run_dir: Path, *, name: str, group: str | None) -> list:
@@ -23,13 +24,8 @@ def make_loggers(logger_cfg: DictConfig | None, run_dir: Path, *, name: str, gro
             continue
         if key == "wandb":
             os.environ.setdefault("WANDB_SILENT", "true")
-            loggers.append(
-                hydra.utils.instantiate(
-                    node, save_dir=str(run_dir), name=node.get("name") or name, group=node.get("group") or group
-                )
-            )
-        else:
-            loggers.append(hydra.utils.instantiate(node, save_dir=str(run_dir)))
+            node = OmegaConf.merge(node, {"name": node.get("name") or name, "group": node.get("group") or group})
+        loggers.append(build(node, f"logger.{key}", save_dir=str(run_dir)))
     return loggers
 
 

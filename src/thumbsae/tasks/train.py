@@ -4,27 +4,34 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from thumbsae.config import build, check, refuse_overrides, setting, to_plain
+from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
-from thumbsae.tasks.embedded import ensure_world, ensure_world_clip
-from thumbsae.tasks.extract import clip_kwargs, extract_store
+from thumbsae.tasks.embedded import ensure_world
+from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
+
+TRAIN_GROUPS = ("sae", "optim", "datamodule", "trainer", "callbacks")
+# Composed with the pipeline (conf/pipeline.yaml) but read only by evaluate.py.
+EVAL_GROUPS = ("eval", "engagement", "engagement_model", "report", "sae_dir", "default_sae_run")
 
 
 def run_name(cfg: DictConfig) -> str:
     """A readable run name: architecture, expansion and k (what a size sweep varies)."""
     s = cfg.sae
-    k = f"-k{s.k}" if s.get("arch") in ("topk", "batchtopk") else ""
+    k = f"-k{s.k}" if s.get("k") is not None else ""
     return f"{s.arch}-x{s.expansion_factor}{k}"
 
 
-def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
-    """Zero-shot metrics with the SAE spliced in, on a seeded sample of labelled training images.
+def splice_evaluator(cfg: DictConfig, clip, images, n_images: int | None = None):
+    """Zero-shot metrics with the SAE spliced in, on a seeded sample of labelled training images
+    (`n_images`, default `splice_sample_size`: 5 % of them, 32..256).
 
     None without a text tower or without `label`s (a manifest column, or folder sub-folders).
     """
@@ -34,9 +41,10 @@ def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
 
     from thumbsae.activations import make_transform
     from thumbsae.data import load_rgb
-    from thumbsae.sae.splice import SpliceEvaluator
+    from thumbsae.sae.splice import SpliceEvaluator, splice_sample_size
 
-    sample = images.sample(n=min(n_images, len(images)), random_state=int(cfg.seed)).sort_index()
+    n_images = splice_sample_size(len(images)) if n_images is None else min(n_images, len(images))
+    sample = images.sample(n=n_images, random_state=int(cfg.seed)).sort_index()
     classes = sorted(sample["label"].astype(str).unique())
     transform = make_transform(clip.image_size, clip.mean, clip.std, fit=str(cfg.activations.fit))
     images_BCHW = torch.stack([transform(load_rgb(p)) for p in sample["image"]])
@@ -48,71 +56,95 @@ def splice_evaluator(cfg: DictConfig, clip, images, n_images: int = 256):
     )
 
 
-def train(cfg: DictConfig, run_dir: Path) -> Path:
+def check_resumable(checkpoint: Path) -> bool:
+    """True when `checkpoint` exists and can be resumed from; one-line error for a broken one."""
+    if not checkpoint.exists():
+        return False
+    if checkpoint.stat().st_size == 0:
+        raise ThumbsaeError(
+            f"{checkpoint}: empty checkpoint (the run was killed while saving); this run cannot resume from it. "
+            f"Delete {checkpoint.parent} to start the run fresh"
+        )
+    import zipfile
+
+    if not zipfile.is_zipfile(checkpoint):
+        raise ThumbsaeError(
+            f"{checkpoint}: not a readable checkpoint; this run cannot resume from it. Delete {checkpoint.parent} to start fresh"
+        )
+    return True
+
+
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path:
     """Extract (or reuse) activations of `data.train`, train the SAE, write `run_dir/sae/`.
 
-    Also writes `run_dir/metrics.json` (final validation metrics, for `thumbsae compare`) and
+    Every setting is checked before the first expensive step. Also writes `run_dir/metrics.json`
+    (final validation metrics, for `thumbsae compare`), `run_dir/timing.json` and
     `run_dir/rejects.csv`. Resumes from `run_dir/checkpoints/last.ckpt` when it exists.
+    overrides: the command line's Hydra overrides; evaluation settings among them are refused.
     """
-    from thumbsae.activations import ActivationDataModule, ActivationStore
-    from thumbsae.sae import SAELitModule, save_sae, sae_config_from_dict
+    from thumbsae.activations import ActivationStore
+    from thumbsae.sae import SAELitModule, save_sae
 
+    refuse_overrides(overrides, EVAL_GROUPS, why="train.py does not evaluate; evaluate.py does")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(int(cfg.seed), workers=True)
-    ensure_world(cfg)
-    ensure_world_clip(cfg)
-
-    from thumbsae.activations import load_clip
-
-    clip = load_clip(**clip_kwargs(cfg.model))
-    if cfg.activations.get("store"):
-        store, images = ActivationStore(Path(cfg.activations.store)), None
-    else:
-        store, images = extract_store(cfg, cfg.data.train, kind="images", rejects_path=run_dir / "rejects.csv", clip=clip)
-
-    sae_node = OmegaConf.to_container(cfg.sae, resolve=True)
-    datamodule = ActivationDataModule(
-        [store.path],
-        batch_size=int(sae_node["batch_size"]),
-        val_fraction=float(cfg.datamodule.val_fraction),
-        shuffle_buffer=int(cfg.datamodule.shuffle_buffer),
-        num_workers=int(cfg.datamodule.num_workers),
-        seed=int(cfg.seed),
-        normalize=bool(cfg.datamodule.normalize),
-    )
-    datamodule.setup("fit")
-    sae_cfg = sae_config_from_dict({**sae_node, "d_in": store.d, "input_scale": float(datamodule.scale)})
-    module = SAELitModule(sae_cfg, splice=splice_evaluator(cfg, clip, images))
-
+    seed = setting(cfg, "seed", int)
+    data = build(cfg.data, "data")
+    clip_cfg = build(cfg.model, "model")
+    hook = build(cfg.activations, "activations")
+    make_datamodule = build(cfg.datamodule, "datamodule", _partial_=True)
+    optim_cfg = build(cfg.optim, "optim")
+    check(cfg.sae, "sae")
+    sae_node = to_plain(cfg.sae)
+    if not hook.store and not data.train:
+        raise ThumbsaeError("data.train: not set; pass data.train=IMAGES (a manifest or a folder) or activations.store=STORE")
+    resume = check_resumable(run_dir / "checkpoints" / "last.ckpt")
     name = run_name(cfg)
     loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
-    checkpoints = run_dir / "checkpoints"
-    callbacks = [
-        pl.callbacks.ModelCheckpoint(dirpath=str(checkpoints), save_last=True, every_n_train_steps=int(cfg.checkpoint_every)),
-    ]
-    trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir)
-    )
-    resume = checkpoints / "last.ckpt"
+    callbacks = [build(node, f"callbacks.{key}", **_callback_runtime(key, run_dir)) for key, node in cfg.callbacks.items()]
+    trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    ensure_world(cfg)
+    clip = clip_cfg.load()
+    # The SAE's settings are checked against the model's width before any activation is extracted.
+    build(cfg.sae, "sae", d_in=int(clip.visual.transformer.width))
+
+    if hook.store:
+        store, images = ActivationStore(Path(hook.store)), None
+    else:
+        store, images = extract_store(data.train, kind="images", hook=hook, clip_cfg=clip_cfg, strict=data.strict,
+                                      rejects_path=run_dir / "rejects.csv", clip=clip)
+
+    datamodule = make_datamodule([store.path])
+    datamodule.setup("fit")
+    sae_cfg = build(cfg.sae, "sae", d_in=store.d, input_scale=float(datamodule.scale))
+    module = SAELitModule(sae_cfg, optim_cfg, splice=splice_evaluator(cfg, clip, images))
+
+    validates = float(datamodule.val_fraction) > 0
     with closing_loggers(loggers):
-        if loggers:
-            for lg in loggers:
-                lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         started = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume.exists() else None, weights_only=True)
+        checkpoint = str(run_dir / "checkpoints" / "last.ckpt") if resume else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
         seconds = time.perf_counter() - started
-        metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+        # Without validation rows (datamodule.val_fraction=0) the SAE is saved without final metrics.
+        results = trainer.validate(module, datamodule=datamodule, verbose=False) if validates else [{}]
+        metrics = {k: float(v) for k, v in results[0].items()}
 
     meta = {
-        "clip": {**clip_kwargs(cfg.model), "sha256": clip.sha256},
-        "hook": {"layer": int(cfg.activations.layer), "tokens": str(cfg.activations.tokens), "fit": str(cfg.activations.fit)},
-        "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if cfg.datamodule.normalize else "none"},
+        "optim": optim_cfg.to_dict(),
+        "clip": {**clip_cfg.to_dict(), "sha256": clip.sha256},
+        "hook": hook.hook,
+        "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if datamodule.normalize else "none"},
         "training": {
-            "images": str(cfg.data.train),
+            "images": str(data.train) if not hook.store else None,
+            "store": str(hook.store) if hook.store else None,
             "n_activations": int(store.n),
-            "max_steps": int(cfg.trainer.max_steps),
-            "seed": int(cfg.seed),
+            "max_steps": int(trainer.max_steps),
+            "batch_size": int(datamodule.batch_size),
+            "seed": seed,
         },
     }
     sae_dir = save_sae(module.sae, run_dir / "sae", meta)
@@ -125,9 +157,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         "d_in": sae_cfg.d_in,
         "expansion_factor": sae_node.get("expansion_factor"),
         "n_latents": module.sae.n_latents,
-        "k": sae_node.get("k"),
+        "k": sae_node.get("k"),  # None for architectures without a fixed k
         **{k.split("/")[-1]: v for k, v in metrics.items()},
     }
     atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     atomic_write_text(run_dir / "timing.json", json.dumps(timing, indent=2, sort_keys=True) + "\n")
     return sae_dir
+
+
+def _callback_runtime(key: str, run_dir: Path) -> dict:
+    """Run-time arguments of the known callbacks (their folder lives in the run folder)."""
+    return {"dirpath": str(run_dir / "checkpoints")} if key == "model_checkpoint" else {}

@@ -6,6 +6,7 @@
     StillScorer.load(sae_dir, model_dir, cfg)           CLIP -> SAE -> engagement model
     rank_stills(stills, scorer, cfg) -> list[RankedStill]   best first, with reasons
     run_rank(source, sae_dir=, model_dir=, out_dir=, ...)   `thumbsae rank`
+    pair_verdict(p, threshold) -> str                   "#1 beats #2 with probability 0.71" / "too close to call"
 """
 
 from thumbsae.video.candidates import (
@@ -21,7 +22,7 @@ from thumbsae.video.candidates import (
 )
 from thumbsae.video.config import VideoConfig
 from thumbsae.video.decode import SampledFrame, VideoReader
-from thumbsae.video.rank import RankedStill, StillScorer, rank_stills, run_rank, why_beats
+from thumbsae.video.rank import RankedStill, StillScorer, pair_verdict, rank_stills, run_rank, why_beats
 
 __all__ = [
     "CandidateSearch",
@@ -36,6 +37,7 @@ __all__ = [
     "draft_stills",
     "find_candidates",
     "measure_quality",
+    "pair_verdict",
     "perceptual_hash",
     "rank_stills",
     "remove_near_duplicates",

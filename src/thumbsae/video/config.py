@@ -37,6 +37,9 @@ class VideoConfig:
     top_features: int = 5  # features shown per direction (pushing up, pushing down)
     examples_per_feature: int = 4  # example thumbnails copied next to the report per feature
     jpeg_quality: int = 90  # stills are written as JPEG
+    # "#1 beats #2" is said only when its probability is at least this; below it the other still
+    # wins 3 times in 10 or more, and the report says "too close to call".
+    close_call: float = 0.7
 
     def __post_init__(self) -> None:
         if self.n_candidates < 1:
@@ -47,3 +50,6 @@ class VideoConfig:
             raise ThumbsaeError("video.analysis_width and video.still_max_side must be >= 32")
         if self.pool not in (None, "max", "mean"):
             raise ThumbsaeError(f"video.pool must be max, mean or null, got {self.pool!r}")
+        close_call = self.close_call
+        if isinstance(close_call, bool) or not isinstance(close_call, (int, float)) or not 0.5 <= close_call <= 1.0:
+            raise ThumbsaeError(f"video.close_call={self.close_call!r}: must be a probability in [0.5, 1]")

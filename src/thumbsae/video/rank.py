@@ -41,7 +41,9 @@ class RankedStill:
 
     up / down: `{feature, contribution, activation, name?}` pushing the score up (largest first)
     and down (most negative first); `contributions`: every active used feature's contribution,
-    keyed by feature (they sum to `score - intercept`).
+    keyed by feature (they sum to `score - intercept`). beats: P(this still beats the still at
+    each position of the ranking), in ranking order, or None when the engagement model carries
+    no pairwise uncertainty (a model folder written before it did).
     """
 
     still: Still
@@ -51,6 +53,7 @@ class RankedStill:
     up: list[dict]
     down: list[dict]
     contributions: dict[int, float]
+    beats: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,7 +62,7 @@ class StillScorer:
 
     clip: Any  # thumbsae.activations.LoadedCLIP
     sae: Any  # thumbsae.sae.SparseAutoencoder
-    model: Any  # thumbsae.analysis.predictor.EngagementModel
+    model: Any  # thumbsae.analysis.engagement.EngagementModel
     layer: int
     tokens: str
     fit: str
@@ -67,13 +70,13 @@ class StillScorer:
     batch_size: int = 32
 
     @classmethod
-    def load(cls, sae_dir: Path, model_dir: Path, cfg: VideoConfig = VideoConfig()) -> StillScorer:
+    def load(cls, sae_dir: Path, model_dir: Path, cfg: VideoConfig = VideoConfig(), hook_defaults: dict | None = None) -> StillScorer:
         """Load `sae_dir` (an SAE folder), the CLIP it names, and `model_dir` (an engagement model).
 
         Raises `ThumbsaeError` naming the folder and what is wrong with it.
         """
         from thumbsae.activations import load_clip
-        from thumbsae.analysis.predictor import EngagementModel
+        from thumbsae.analysis.engagement import EngagementModel
         from thumbsae.sae import load_sae
 
         sae_dir, model_dir = Path(sae_dir), Path(model_dir)
@@ -82,7 +85,7 @@ class StillScorer:
         if not model_dir.is_dir():
             raise ThumbsaeError(f"--model {model_dir}: no such engagement model folder")
         try:
-            sae, sae_config = load_sae(sae_dir)
+            sae, sae_config = load_sae(sae_dir, hook_defaults=hook_defaults)
             hook = dict(sae_config["hook"])
             clip_cfg = dict(sae_config["clip"])
             layer, tokens, fit = int(hook["layer"]), str(hook["tokens"]), str(hook["fit"])
@@ -131,8 +134,12 @@ class StillScorer:
         """Score `stills` and return them best first (ties: earlier time, then name)."""
         if not stills:
             return []
+        from thumbsae.analysis.engagement.pairs import beat_probabilities
+
         latents_NF = sp.csr_matrix(self.latents([s.image for s in stills]))
         score_N, lo_N, hi_N = self.model.predict(latents_NF)
+        has_pairs = getattr(self.model, "pair_curve", None) is not None
+        p_NN = beat_probabilities(self.model, latents_NF) if has_pairs else None
         ranked = []
         for i, still in enumerate(stills):
             row = latents_NF[i]
@@ -144,12 +151,31 @@ class StillScorer:
                     up[:top_features], down[:top_features], every,
                 )
             )
-        return sorted(ranked, key=lambda r: (-r.score, _time_key(r.still), r.still.name))
+        order = sorted(
+            range(len(ranked)), key=lambda i: (-ranked[i].score, _time_key(ranked[i].still), ranked[i].still.name)
+        )
+        if p_NN is None:
+            return [ranked[i] for i in order]
+        return [
+            dataclasses.replace(ranked[i], beats=tuple(float(p_NN[i, j]) for j in order)) for i in order
+        ]
 
 
 def rank_stills(stills: Sequence[Still], scorer: StillScorer, cfg: VideoConfig = VideoConfig()) -> list[RankedStill]:
     """Stills scored by `scorer`, best first, each with its `cfg.top_features` reasons per side."""
     return scorer.rank(stills, cfg.top_features)
+
+
+def pair_verdict(p: float, threshold: float, *, better: str = "#1", worse: str = "#2") -> str:
+    """The words for "how sure is `better` beats `worse`": "#1 beats #2 with probability 0.71"
+    when p >= threshold (`video.close_call`), else "too close to call"."""
+    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+        raise ThumbsaeError(f"pair_verdict: p must be a probability in [0, 1], got {p!r}")
+    if not (isinstance(threshold, (int, float)) and 0.5 <= threshold <= 1.0):
+        raise ThumbsaeError(f"video.close_call={threshold!r}: must be a probability in [0.5, 1]")
+    if p < threshold:
+        return "too close to call"
+    return f"{better} beats {worse} with probability {p:.2f}"
 
 
 def why_beats(better: RankedStill, worse: RankedStill, top: int = 5) -> list[dict]:
@@ -266,6 +292,7 @@ def ranking_records(
                 for e in reasons
             ],
         }
+        record.update(_pair_fields(ranked, rank, cfg.close_call))
         if rank < len(ranked):
             record["beats_next"] = [
                 {k: (_round(v) if isinstance(v, float) else v) for k, v in row.items()}
@@ -274,6 +301,23 @@ def ranking_records(
             ]
         records.append(record)
     return records
+
+
+def _pair_fields(ranked: Sequence[RankedStill], rank: int, close_call: float) -> dict:
+    """`p_better_than_next` (null for the last), `p_first_beats` (null for #1) and their verdicts
+    `verdict_next` / `verdict_first` for the still at 1-based `rank`; all null without pairwise
+    uncertainty in the model."""
+    item, first = ranked[rank - 1], ranked[0]
+    p_next = item.beats[rank] if item.beats is not None and rank < len(ranked) else None
+    p_first = first.beats[rank - 1] if first.beats is not None and rank > 1 else None
+    next_words = None if p_next is None else pair_verdict(p_next, close_call, better=f"#{rank}", worse=f"#{rank + 1}")
+    first_words = None if p_first is None else pair_verdict(p_first, close_call, better="#1", worse=f"#{rank}")
+    return {
+        "p_better_than_next": None if p_next is None else _round(p_next),
+        "p_first_beats": None if p_first is None else _round(p_first),
+        "verdict_next": next_words,
+        "verdict_first": first_words,
+    }
 
 
 def _feature_names(model: Any) -> dict[int, str]:
@@ -343,14 +387,18 @@ def run_rank(
     channel_id: str | None = None,
     progress: bool = True,
     cfg: VideoConfig | None = None,
+    hook_defaults: dict | None = None,
 ) -> list[dict]:
     """`thumbsae rank`: pick candidate stills of `source`, rank them, write `out_dir`.
+
+    hook_defaults: the CLIP and hook of an SAE folder that does not name them (`load_sae`).
 
     source: a video file, or a folder of images (drafts: each ranked, none filtered).
     Writes `out_dir/ranking.json` (list, best first: `rank, time_s, timecode, source, image,
     image_file, score, score_lo, score_hi, features [{feature, contribution, direction, name,
-    examples}], beats_next, ...`), `out_dir/report.html`, `stills/` and `examples/`; an existing
-    `out_dir` is replaced only when all of it is written. Returns the records. Raises
+    examples}], p_better_than_next, p_first_beats, verdict_next, verdict_first, beats_next,
+    ...`), `out_dir/report.html`, `stills/` and `examples/`; an existing `out_dir` is replaced
+    only when all of it is written. Returns the records. Raises
     `ThumbsaeError` (bad video, bad folders, unwritable output) leaving no partial output.
     """
     from thumbsae.files import atomic_dir
@@ -375,7 +423,7 @@ def run_rank(
                 work_dir = stack.enter_context(atomic_dir(out_dir))
             except OSError as err:
                 raise ThumbsaeError(f"--out {out_dir}: cannot write there ({err.strerror or err})") from None
-            scorer, search = _load_while_decoding(source, out_dir, cfg, bar, duration_s, sae_dir, model_dir)
+            scorer, search = _load_while_decoding(source, out_dir, cfg, bar, duration_s, sae_dir, model_dir, hook_defaults)
             task = bar.add_task("scoring stills", total=len(search.stills))
             ranked = rank_stills(search.stills, scorer, cfg)
             bar.update(task, completed=len(search.stills))
@@ -392,7 +440,7 @@ def run_rank(
                     score_kind=scorer.score_kind,
                     channel_id=channel_id,
                     stats=_stats(search, source),
-                    comparison=_comparison(ranked, records),
+                    comparison=_comparison(ranked, records, cfg.close_call),
                 )
             except OSError as err:
                 raise ThumbsaeError(f"--out {out_dir}: cannot write there ({err.strerror or err})") from None
@@ -418,6 +466,7 @@ def _load_while_decoding(
     duration_s: float | None,
     sae_dir: Path,
     model_dir: Path,
+    hook_defaults: dict | None = None,
 ) -> tuple[StillScorer, CandidateSearch]:
     """Load CLIP, SAE and model (mostly imports: seconds) in this thread while another decodes.
 
@@ -445,7 +494,7 @@ def _load_while_decoding(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="thumbsae-decode") as pool:
         searching = pool.submit(search)
         try:
-            scorer = StillScorer.load(sae_dir, model_dir, cfg)
+            scorer = StillScorer.load(sae_dir, model_dir, cfg, hook_defaults)
             return scorer, searching.result()
         except BaseException:
             cancel.set()
@@ -467,7 +516,9 @@ def _stats(search: CandidateSearch, source: Path) -> dict:
     }
 
 
-def _comparison(ranked: Sequence[RankedStill], records: Sequence[dict]) -> dict | None:
+def _comparison(ranked: Sequence[RankedStill], records: Sequence[dict], close_call: float) -> dict | None:
+    """What the report's "Why #1 beats #2" shows: both records, the score gap, the features
+    behind it, and how sure the order is (`p_better`, `verdict`, `close_call`)."""
     if len(ranked) < 2:
         return None
     return {
@@ -475,4 +526,7 @@ def _comparison(ranked: Sequence[RankedStill], records: Sequence[dict]) -> dict 
         "worse": records[1],
         "score_gap": _round(ranked[0].score - ranked[1].score),
         "reasons": records[0].get("beats_next", []),
+        "p_better": records[0].get("p_better_than_next"),
+        "verdict": records[0].get("verdict_next"),
+        "close_call": close_call,
     }

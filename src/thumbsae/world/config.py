@@ -80,7 +80,7 @@ class WorldConfig:
     seed: int = 0
     null: bool = False
     years: tuple[int, int] = (2015, 2024)
-    effects: tuple[tuple[str, float], ...] = field(default=DEFAULT_EFFECTS)
+    effects: tuple[tuple[str, float], ...] | Mapping[str, float] = field(default=DEFAULT_EFFECTS)
     confounded: tuple[str, ...] = ("red_arrow",)
     channel_sd: float = 1.0
     confound_strength: float = 1.5

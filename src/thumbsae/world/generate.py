@@ -19,6 +19,7 @@ import pandas as pd
 
 from thumbsae.errors import ThumbsaeError
 from thumbsae.world.config import WorldConfig
+from thumbsae.world.demo_video import DEMO_FILE, write_demo_video
 from thumbsae.world.drawing import draw_thumbnail
 from thumbsae.world.population import STREAM_DRAW_REFERENCE, STREAM_DRAW_THUMBNAIL, plan_world
 
@@ -168,6 +169,7 @@ def generate_world(cfg: WorldConfig, out_dir: Path) -> Path:
         (tmp / "ground_truth.json").write_text(
             json.dumps(plan.ground_truth, indent=2, sort_keys=True) + "\n"
         )
+        write_demo_video(cfg, tmp / DEMO_FILE)
         (tmp / WORLD_MARKER).write_text(_MARKER_TEXT)
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
         if out_dir.exists():

@@ -1,0 +1,189 @@
+"""What a run prints: thumbsae's own lines and one progress bar per stage, nothing else.
+
+Libraries we call talk a lot: open_clip logs INFO lines through the root logger, Lightning prints
+hardware lines, tips and a model table and warns about things we chose on purpose, torch and W&B
+add deprecation notes. `quiet_third_party(verbose=False)` hides all of it on the console (errors
+still show, and Hydra's run log file keeps every line); `verbose=True` (`thumbsae -v ...`,
+`python train.py hydra.verbose=true`) shows everything. Progress bars come from `progress_bar`
+(tqdm, stderr) and, for Lightning training, `step_progress_bar` (one bar over `max_steps`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+OWN_LOGGER = "thumbsae"
+# Records of these loggers are this package's own lines ("__main__": train.py, evaluate.py, ...;
+# "hydra": the multirun launcher's "#1 : sae.expansion_factor=16", part of the command run).
+_OWN_PREFIXES = (OWN_LOGGER, "__main__", "hydra")
+
+
+def _is_own(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in _OWN_PREFIXES)
+
+
+class OwnLinesOnly(logging.Filter):
+    """Passes thumbsae's own records and anyone's errors; drops other libraries' INFO and warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _is_own(record.name) or record.levelno >= logging.ERROR
+
+
+class StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever `sys.stderr` is at the time of each record (like
+    logging's last-resort handler), so a replaced stderr (pytest's capture) is never left stale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _is_console(handler: logging.Handler) -> bool:
+    if isinstance(handler, StderrHandler):
+        return True
+    stream = getattr(handler, "stream", None)
+    return not isinstance(handler, logging.FileHandler) and stream in (sys.stderr, sys.stdout)
+
+
+def quiet_third_party(verbose: bool | str | list | None = None) -> None:
+    """Hide third-party INFO lines and warnings on the console unless `verbose`.
+
+    verbose: truthy shows everything (Hydra's `hydra.verbose` may be True, a logger name or a list
+    of them; any of these counts); None asks the running Hydra job (`hydra_verbose()`, False
+    outside Hydra). Not verbose:
+    - every console handler of the root logger (a stderr one is added when there is none) passes
+      only `thumbsae.*`, `__main__` and Hydra launcher records and anyone's errors; file handlers
+      keep everything;
+    - Python warnings are ignored except those raised from thumbsae's own modules;
+    - W&B's terminal lines are silenced (`WANDB_SILENT=true` unless already set).
+    Safe to call more than once.
+    """
+    if verbose is None:
+        verbose = hydra_verbose()
+    if verbose:
+        logging.getLogger(OWN_LOGGER).setLevel(logging.DEBUG)
+        return
+    os.environ.setdefault("WANDB_SILENT", "true")
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"thumbsae(\.|$)")
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if _is_console(h)]
+    if not consoles:
+        handler = StderrHandler()
+        root.addHandler(handler)
+        consoles = [handler]
+    for handler in consoles:
+        if not any(isinstance(f, OwnLinesOnly) for f in handler.filters):
+            handler.addFilter(OwnLinesOnly())
+    # A library that logs to its own handler (Lightning does when imported before any handler
+    # existed) bypasses the root's; filter those too.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and not _is_own(name):
+            for handler in logger.handlers:
+                if _is_console(handler) and not any(isinstance(f, OwnLinesOnly) for f in handler.filters):
+                    handler.addFilter(OwnLinesOnly())
+    if logging.getLogger(OWN_LOGGER).level == logging.NOTSET:
+        logging.getLogger(OWN_LOGGER).setLevel(logging.INFO)
+
+
+def hydra_verbose() -> bool:
+    """True when the running Hydra job was asked for verbose logging (`hydra.verbose=...`)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return bool(HydraConfig.get().verbose) if HydraConfig.initialized() else False
+    except (ImportError, ValueError):
+        return False
+
+
+def progress_bar(total: int | None, desc: str, *, unit: str = "it", initial: int = 0, disable: bool = False):
+    """A tqdm bar on stderr with a known `total` (what every stage's bar uses). Close it (or use
+    it as a context manager) when the stage ends."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True
+    )
+
+
+def step_progress_bar(desc: str = "train SAE") -> Any:
+    """A Lightning progress-bar callback: one bar over the optimiser steps up to `max_steps`.
+
+    Lightning's own bar counts epochs (`Epoch 14/-2` when only `max_steps` bounds the run) and
+    adds a bar per validation; this one shows `step/max_steps`, starts at the resumed step, and
+    puts the last training loss and validation FVU beside the count. Pass it in `callbacks`:
+    Lightning then uses it instead of its default bar.
+    """
+    from pytorch_lightning.callbacks import ProgressBar
+
+    class StepProgressBar(ProgressBar):
+        def __init__(self) -> None:
+            super().__init__()
+            self._enabled = True
+            self._bar = None
+
+        def disable(self) -> None:
+            self._enabled = False
+
+        def enable(self) -> None:
+            self._enabled = True
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+            self._bar = progress_bar(
+                total, desc, unit="step", initial=trainer.global_step,
+                disable=not self._enabled or not trainer.is_global_zero,
+            )
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if self._bar is not None:
+                self._bar.update(trainer.global_step - self._bar.n)
+                loss = trainer.callback_metrics.get("train/loss")
+                if loss is not None and trainer.global_step % 25 == 0:
+                    self._bar.set_postfix(self._postfix(trainer), refresh=False)
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if self._bar is not None:
+                self._bar.set_postfix(self._postfix(trainer), refresh=False)
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+        @staticmethod
+        def _postfix(trainer) -> dict[str, str]:
+            shown = {"train/loss": "loss", "val/fvu": "val_fvu"}
+            return {
+                short: f"{float(trainer.callback_metrics[key]):.4f}"
+                for key, short in shown.items()
+                if key in trainer.callback_metrics
+            }
+
+        def print(self, *args: Any, **kwargs: Any) -> None:
+            from tqdm.auto import tqdm
+
+            tqdm.write(" ".join(str(a) for a in args), file=sys.stderr)
+
+    return StepProgressBar()
+
+
+def training_callbacks(desc: str = "train SAE") -> list:
+    """The Lightning callbacks that keep training quiet: `step_progress_bar(desc)` and a plain
+    `ModelSummary`, which logs its table (shown only when verbose) where Lightning would otherwise
+    print a rich table on every run."""
+    from pytorch_lightning.callbacks import ModelSummary
+
+    return [step_progress_bar(desc), ModelSummary()]
