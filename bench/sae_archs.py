@@ -67,6 +67,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     common: list[str] = [f"activations.cache_dir={out / 'cache'}", "logger=csv"]
+    train_extra: list[str] = []
     evaluate_extra: list[str] = []
     world = Path(args.world).resolve() if args.world else None
     if args.smoke:
@@ -74,7 +75,7 @@ def main() -> int:
         if not (world / "ground_truth.json").exists():
             run([python, "-m", "thumbsae.cli", "world", "--out", str(world), "--thumbnails", "300", "--channels", "6",
                  "--reference-per-class", "6", "--size", "64", "64"], out / "world.log")
-        common += ["model=tiny_random", "datamodule.batch_size=256", "trainer.val_check_interval=50"]
+        train_extra = ["model=tiny_random", "datamodule.batch_size=256", "trainer.val_check_interval=50"]
         evaluate_extra = SMOKE_EVAL
         args.steps = args.steps or 100
     data = [f"data.train={world / 'reference.csv'}"] if world else []
@@ -88,7 +89,7 @@ def main() -> int:
             started = time.perf_counter()
             if not (run_dir / "train" / "sae" / "config.json").exists():
                 run([python, "train.py", f"sae={arch}", f"sae.expansion_factor={size}", *l0_overrides(arch, args.k),
-                     *data, *steps, *common, f"hydra.run.dir={run_dir / 'train'}"], run_dir.with_suffix(".train.log"))
+                     *data, *steps, *common, *train_extra, f"hydra.run.dir={run_dir / 'train'}"], run_dir.with_suffix(".train.log"))
             thumbs = [f"data.thumbnails={world / 'thumbnails.csv'}", f"data.reference={world / 'reference.csv'}"] if world else []
             if not (run_dir / "eval" / "summary.json").exists():
                 run([python, "evaluate.py", f"sae_dir={run_dir / 'train' / 'sae'}", *thumbs, *common, *evaluate_extra,

@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-
 from serving import ScriptedServer
 
 pytestmark = pytest.mark.slow

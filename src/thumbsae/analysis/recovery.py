@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from thumbsae.jsonable import to_json_ready
 from thumbsae.errors import ThumbsaeError
+from thumbsae.jsonable import to_json_ready
 
 # A feature "is" a motif when at least this fraction of its group shows it.
 PURE = 0.5

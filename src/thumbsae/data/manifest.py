@@ -31,8 +31,8 @@ from thumbsae.data.images import (
     ImageDecodeError,
     load_rgb,
 )
-from thumbsae.files import atomic_path
 from thumbsae.errors import ThumbsaeError, one_line
+from thumbsae.files import atomic_path
 
 KINDS = ("thumbnails", "reference", "images")
 REQUIRED_COLUMNS = ("video_id", "image")
