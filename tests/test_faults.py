@@ -268,7 +268,6 @@ LIBRARY_CACHES = re.compile(
 KNOWN_STRAYS = {
     "cwd/data": "train.py/extract.py/evaluate.py generate the default world in ./data/world when data.* "
                 "left at their defaults point into it (tasks/embedded.py ensure_world)",
-    "cwd/outputs": "extract.py writes its Hydra log to ./outputs/extract/<date>/ (conf/extract.yaml hydra.run.dir)",
 }
 
 
