@@ -265,12 +265,6 @@ LIBRARY_CACHES = re.compile(
 )
 # Stray writes in code this suite does not own, each reported with its cause; when one is fixed,
 # the strict xfail below fails and the entry goes.
-KNOWN_STRAYS = {
-    "cwd/data": "train.py/extract.py/evaluate.py generate the default world in ./data/world when data.* "
-                "left at their defaults point into it (tasks/embedded.py ensure_world)",
-}
-
-
 def _strays(sandbox: Sandbox) -> list[str]:
     found = [p.relative_to(sandbox.root).as_posix() for folder in (sandbox.home, sandbox.tmp, sandbox.cwd)
              for p in folder.rglob("*")]
@@ -280,15 +274,9 @@ def _strays(sandbox: Sandbox) -> list[str]:
 def test_no_command_writes_outside_the_folders_it_was_given(pipeline):
     sandbox, _, _ = pipeline
     # Uninterrupted runs leave HOME, TMPDIR and the working folder as they found them.
-    unknown = [p for p in sandbox.strays_after_reference if not p.startswith(tuple(KNOWN_STRAYS))]
+    unknown = [p for p in sandbox.strays_after_reference ]
     assert unknown == []
     # Killed runs too, but for TMPDIR: a SIGKILLed process cannot remove its libraries' temporaries.
-    after_faults = [p for p in _strays(sandbox) if not p.startswith(("tmp/", *KNOWN_STRAYS))]
+    after_faults = [p for p in _strays(sandbox) if not p.startswith("tmp/")]
     assert after_faults == []
     print(f"fault suite: {sandbox.cpu_s:.0f} s of CPU in subprocesses")
-
-
-@pytest.mark.xfail(strict=True, reason="; ".join(KNOWN_STRAYS.values()))
-def test_known_stray_writes_are_gone(pipeline):
-    sandbox, _, _ = pipeline
-    assert [p for p in sandbox.strays_after_reference if p.startswith(tuple(KNOWN_STRAYS))] == []

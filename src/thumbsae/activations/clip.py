@@ -15,7 +15,7 @@ import difflib
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -25,7 +25,10 @@ import open_clip
 import torch
 from safetensors.torch import load_file as load_safetensors
 
-from thumbsae.activations.model_configs import register_model_config, register_shipped_configs
+from thumbsae.activations.model_configs import (
+    register_model_config,
+    register_shipped_configs,
+)
 from thumbsae.errors import ThumbsaeError, one_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -123,6 +126,8 @@ def load_clip(
     """
     register_shipped_configs()
     if overrides:
+        if not isinstance(overrides, Mapping):
+            raise ModelLoadError(f"model.overrides: an architecture dict (embed_dim, vision_cfg, text_cfg), got {type(overrides).__name__}")
         register_model_config(name, dict(overrides))
     _check_model_name(name)
 

@@ -242,3 +242,35 @@ def recovery_report(
         report["false_discoveries_raw"] = report["n_significant_raw"]
         report["false_discoveries_adjusted"] = report["n_significant_adjusted"]
     return to_json_ready(report)
+
+
+def world_recovery(result, latents_NF, thumbnails: pd.DataFrame, eval_cfg, truth_path: str | os.PathLike):
+    """On a synthetic world (`ground_truth.json` beside the thumbnails): how well the study's
+    features recover the planted effects, on raw views and after channel + upload-date adjustment
+    (the study is run again with the other adjustment, so both verdicts are in one report).
+
+    result: the `StudyResult` of `run_feature_study(latents_NF, thumbnails, eval_cfg)`.
+    Returns `(report, None)`, `(None, None)` when this is not a world (no truth file, no `motifs`
+    column), or `(None, warning)` for a malformed truth file or one that does not match the table.
+    """
+    from dataclasses import replace
+
+    from thumbsae.analysis.study import run_feature_study
+
+    if "motifs" not in thumbnails.columns:
+        return None, None
+    truth, warning = load_ground_truth(truth_path)
+    if truth is None:
+        return None, warning
+    if eval_cfg.adjust == "none":
+        raw = result.feature_groups
+        adjustable = {"channel_id", "upload_date"} <= set(thumbnails.columns)
+        adjusted = (run_feature_study(latents_NF, thumbnails, replace(eval_cfg, adjust="channel_date")).feature_groups
+                    if adjustable else None)
+    else:
+        adjusted = result.feature_groups
+        raw = run_feature_study(latents_NF, thumbnails, replace(eval_cfg, adjust="none")).feature_groups
+    try:
+        return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted, alpha=eval_cfg.alpha), None
+    except ThumbsaeError as err:
+        return None, f"{truth_path}: {err}; recovery skipped"

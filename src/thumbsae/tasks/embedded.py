@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 from thumbsae.config import build
 
 
-def ensure_world(cfg: DictConfig) -> None:
-    """Generate the world at `paths.world` if any configured image set points into it and is missing."""
+def ensure_world(cfg: DictConfig, sources: list[str | None]) -> None:
+    """Generate the world at `paths.world` when an image set this run reads (`sources`) points into
+    it and is missing; image sets the run does not read never make it write a world."""
     from thumbsae.world import generate_world
 
     out = Path(cfg.paths.world)
-    sources = [cfg.data.get(k) for k in ("train", "thumbnails", "reference")]
     wanted = [Path(s) for s in sources if s and _is_under(Path(s), out)]
     if wanted and not all(p.exists() for p in wanted):
         print(f"embedded default: generating the synthetic world in {out}")

@@ -21,8 +21,8 @@ from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
-from thumbsae.tasks.sae_source import HOOK_KEYS, hook_defaults, refuse_hook_settings
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
+from thumbsae.tasks.sae_source import HOOK_KEYS, hook_defaults, refuse_hook_settings
 
 
 def resolve_sae_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
@@ -67,6 +67,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     Every setting is checked before the first expensive step.
     """
     from thumbsae.analysis.latents import encode_latents, save_latents
+    from thumbsae.analysis.recovery import world_recovery
     from thumbsae.analysis.study import run_feature_study, write_study
     from thumbsae.jsonable import to_json_ready
     from thumbsae.sae import load_sae
@@ -81,7 +82,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
             raise ThumbsaeError(f"data.{key}: not set; pass data.{key}=IMAGES (a manifest or a folder)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ensure_world(cfg)
+    ensure_world(cfg, [data.thumbnails, data.reference])
     sae_dir = resolve_sae_dir(cfg, overrides)
     sae, sae_config = load_sae(sae_dir, hook_defaults=hook_defaults(cfg, overrides))
     clip_cfg, hook = hook_from_sae(cfg, sae_config, overrides)
@@ -109,7 +110,10 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     summary = write_study(result, out_dir)
     summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
 
-    recovery = world_recovery(cfg, result, thumb_latents.csr, thumbnails, eval_cfg)
+    recovery, warning = world_recovery(result, thumb_latents.csr, thumbnails, eval_cfg,
+                                       Path(data.thumbnails).parent / "ground_truth.json")
+    if warning:
+        print(f"evaluate.py: warning: {warning}")
     if recovery is not None:
         atomic_write_text(out_dir / "recovery.json", json.dumps(recovery, indent=2, sort_keys=True) + "\n")
         summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
@@ -171,28 +175,6 @@ def name_side_features(features, feature_groups, thumbnails, reference, ref_csr,
     return name_features(
         features, top_images=top_images, all_images_sample=sample, clip=clip if clip.has_text else None, reference_labels=labels
     )
-
-
-def world_recovery(cfg, result, csr, thumbnails, eval_cfg) -> dict | None:
-    """On a synthetic world (ground_truth.json beside the thumbnails), compare features with the truth."""
-    from dataclasses import replace
-
-    from thumbsae.analysis.recovery import recovery_report
-    from thumbsae.analysis.study import run_feature_study
-
-    truth_path = Path(cfg.data.thumbnails).parent / "ground_truth.json"
-    if not truth_path.exists() or "motifs" not in thumbnails.columns:
-        return None
-    truth = json.loads(truth_path.read_text())
-    adjusted = None
-    if eval_cfg.adjust == "none" and {"channel_id", "upload_date"} <= set(thumbnails.columns):
-        adjusted = run_feature_study(csr, thumbnails, replace(eval_cfg, adjust="channel_date")).feature_groups
-    elif eval_cfg.adjust != "none":
-        adjusted = result.feature_groups
-    raw = result.feature_groups if eval_cfg.adjust == "none" else None
-    if raw is None:
-        raw = run_feature_study(csr, thumbnails, replace(eval_cfg, adjust="none")).feature_groups
-    return recovery_report(raw, thumbnails, truth, adjusted_feature_groups=adjusted, alpha=eval_cfg.alpha)
 
 
 def fit_and_save_engagement_model(cfg, eng_cfg, model_dir, csr, thumbnails, embeddings, feature_groups, names, eval_cfg) -> dict:

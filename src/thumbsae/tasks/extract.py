@@ -85,7 +85,7 @@ def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported laz
     out = Path(cfg.out)
     with extraction_group() as ranks:
         if ranks.is_main:
-            ensure_world(cfg)
+            ensure_world(cfg, [cfg.source])
         ranks.barrier()
         store, _ = extract_store(cfg.source, kind=cfg.kind, hook=hook, clip_cfg=clip_cfg, strict=data.strict,
                                  rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)

@@ -105,7 +105,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
 
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
-    ensure_world(cfg)
+    ensure_world(cfg, [] if hook.store else [data.train])
     clip = clip_cfg.load()
     # The SAE's settings are checked against the model's width before any activation is extracted.
     build(cfg.sae, "sae", d_in=int(clip.visual.transformer.width))
