@@ -54,7 +54,7 @@ def test_world_stage_reproduces_and_is_then_up_to_date(tmp_path, repo_root):
     assert len(lines) == 48 + 1
     assert (tmp_path / "data" / "world" / "demo.mp4").stat().st_size > 1000
     lock = yaml.safe_load((tmp_path / "dvc.lock").read_text())
-    assert lock["stages"]["world"]["params"]["conf/world/default.yaml"]["thumbnails"] == 48
+    assert lock["stages"]["world"]["params"]["conf/world/default.yaml"]["n_thumbnails"] == 48
     status = dvc("status", "world", cwd=tmp_path, env=env).stdout
     assert "up to date" in status.lower() or "everything is up to date" in status.lower()
 
