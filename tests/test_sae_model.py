@@ -404,3 +404,20 @@ def test_inference_form_is_a_jumprelu_with_the_same_latents(arch):
     sae.eval()
     torch.testing.assert_close(form.encode_dense(x), sae.encode_dense(x))
     assert _sae("topk").inference_form().cfg.arch == "topk"
+
+
+@pytest.mark.parametrize("crowded_row", [False, True])
+def test_batch_topk_from_row_candidates_equals_the_whole_batch_topk(crowded_row):
+    """Each row's 4k largest hold the batch's B*k largest unless a row is crowded; then the
+    selection falls back to the whole batch's topk. Same entries either way."""
+    from thumbsae.sae.sparse_ops import batch_topk_selection
+
+    pre = torch.randn(30, 200, generator=torch.Generator().manual_seed(14))
+    if crowded_row:
+        pre[3] += 10.0  # row 3 alone holds more than 4k of the batch's largest
+    acts, idx = batch_topk_selection(5)(pre)
+    chosen = torch.zeros_like(pre).scatter_add(1, idx, acts)
+    vals, flat = pre.reshape(-1).topk(30 * 5)
+    expected = torch.zeros(30 * 200).index_put((flat,), vals.clamp_min(0)).reshape(30, 200)
+    torch.testing.assert_close(chosen, expected, rtol=0, atol=0)
+    assert int((chosen[3] > 0).sum()) > 20 if crowded_row else True
