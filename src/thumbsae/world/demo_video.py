@@ -180,8 +180,8 @@ def demo_plan(cfg: WorldConfig, n_shots: int = DEMO_SHOTS) -> list[tuple[str, ..
     low = [m for m, e in cfg.effects if e < 1]
     planted = {m for m, _ in cfg.effects}
     neutral = [m for m in MOTIFS if m not in planted]
-    # A repeating pattern: neutral, high, low, a neutral pair, high with a neutral, ...
-    pattern = [("n",), ("h",), ("l",), ("n", "n"), ("h", "n"), ("n",)]
+    # A repeating pattern: neutral, high, low, a neutral pair, a high pair (food with face: x8), ...
+    pattern = [("n",), ("h",), ("l",), ("n", "n"), ("h", "h"), ("n",)]
     pools = {"h": high or neutral, "l": low or neutral, "n": neutral or list(MOTIFS)}
     taken = {"h": 0, "l": 0, "n": 0}
     plan = []
