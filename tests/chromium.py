@@ -112,7 +112,7 @@ def load_page(report: Path, profile: Path, expression: str) -> tuple[object, lis
         browser.send("Page.navigate", {"url": report.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired")
         result = browser.send(
-            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session=session
         )
         errors = []
         for event in browser.events:
