@@ -144,9 +144,11 @@ def check_parameters(target: Any, values: Mapping[str, Any], group: str) -> dict
     import inspect
 
     func = target.__init__ if isinstance(target, type) else target
-    params = {n: p for n, p in inspect.signature(func).parameters.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+    signature = inspect.signature(func).parameters
+    params = {n: p for n, p in signature.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+    passes_on = any(p.kind is p.VAR_KEYWORD for p in signature.values())  # **kwargs: its callee checks them
     unknown = sorted(set(values) - set(params))
-    if unknown:
+    if unknown and not passes_on:
         raise ThumbsaeError(
             f"{group}: unknown setting(s) {', '.join(f'{group}.{k}' for k in unknown)}; known: {', '.join(sorted(params))}"
         )

@@ -11,8 +11,11 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from thumbsae.config import build, check, refuse_overrides, setting, to_plain
+from thumbsae.console import training_callbacks
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
+from thumbsae.report.wandb_log import log_comparison_row
+from thumbsae.sae.compare import run_summary
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
@@ -101,6 +104,8 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     name = run_name(cfg)
     loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
     callbacks = [build(node, f"callbacks.{key}", **_callback_runtime(key, run_dir)) for key, node in cfg.callbacks.items()]
+    # One progress bar over max_steps, and Lightning's model table logged rather than printed.
+    callbacks += training_callbacks()
     trainer: pl.Trainer = build(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks, default_root_dir=str(run_dir))
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,35 +138,39 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
         results = trainer.validate(module, datamodule=datamodule, verbose=False) if validates else [{}]
         metrics = {k: float(v) for k, v in results[0].items()}
 
-    meta = {
-        "optim": optim_cfg.to_dict(),
-        "clip": {**clip_cfg.to_dict(), "sha256": clip.sha256},
-        "hook": hook.hook,
-        "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if datamodule.normalize else "none"},
-        "training": {
-            "images": str(data.train) if not hook.store else None,
-            "store": str(hook.store) if hook.store else None,
-            "n_activations": int(store.n),
-            "max_steps": int(trainer.max_steps),
-            "batch_size": int(datamodule.batch_size),
-            "seed": seed,
-        },
-    }
-    sae_dir = save_sae(module.sae, run_dir / "sae", meta)
-    # Timings vary run to run, so they stay out of metrics.json (a DVC metric whose hash is locked).
-    timing_keys = [k for k in metrics if "per_s" in k or "time" in k]
-    timing = {"train_seconds": round(seconds, 3), **{k.split("/")[-1]: metrics.pop(k) for k in timing_keys}}
-    summary = {
-        "name": name,
-        "arch": sae_cfg.arch,
-        "d_in": sae_cfg.d_in,
-        "expansion_factor": sae_node.get("expansion_factor"),
-        "n_latents": module.sae.n_latents,
-        "k": sae_node.get("k"),  # None for architectures without a fixed k
-        **{k.split("/")[-1]: v for k, v in metrics.items()},
-    }
-    atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    atomic_write_text(run_dir / "timing.json", json.dumps(timing, indent=2, sort_keys=True) + "\n")
+        meta = {
+            "optim": optim_cfg.to_dict(),
+            "clip": {**clip_cfg.to_dict(), "sha256": clip.sha256},
+            "hook": hook.hook,
+            "normalisation": {"input_scale": float(datamodule.scale), "method": "mean norm sqrt(d)" if datamodule.normalize else "none"},
+            "training": {
+                "images": str(data.train) if not hook.store else None,
+                "store": str(hook.store) if hook.store else None,
+                "n_activations": int(store.n),
+                "max_steps": int(trainer.max_steps),
+                "batch_size": int(datamodule.batch_size),
+                "seed": seed,
+            },
+        }
+        sae_dir = save_sae(module.sae, run_dir / "sae", meta)
+        # Timings vary run to run, so they stay out of metrics.json (a DVC metric whose hash is locked).
+        timing_keys = [k for k in metrics if "per_s" in k or "time" in k]
+        timing = {"train_seconds": round(seconds, 3), **{k.split("/")[-1]: metrics.pop(k) for k in timing_keys}}
+        summary = {
+            "name": name,
+            "arch": sae_cfg.arch,
+            "d_in": sae_cfg.d_in,
+            "expansion_factor": sae_node.get("expansion_factor"),
+            "n_latents": module.sae.n_latents,
+            "k": sae_node.get("k"),  # None for architectures without a fixed k
+            **{k.split("/")[-1]: v for k, v in metrics.items()},
+        }
+        atomic_write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(run_dir / "timing.json", json.dumps(timing, indent=2, sort_keys=True) + "\n")
+        # The W&B run carries the same row as `thumbsae compare`'s table (a multirun lines up in W&B);
+        # a run without validation rows has no metrics to compare.
+        if validates:
+            log_comparison_row(loggers, run_summary(run_dir))
     return sae_dir
 
 
