@@ -92,7 +92,9 @@ def read_foreign(path: Path, kind: str, hook_defaults: Mapping[str, Any] | None)
     sections = dict(found.get("thumbsae") or {})
     hook = {**dict((hook_defaults or {}).get("hook") or {}), **dict(found.get("hook") or {}), **dict(sections.get("hook") or {})}
     clip = dict(sections.get("clip") or (hook_defaults or {}).get("clip") or {})
-    hook.setdefault("fit", "pad")
+    from thumbsae.activations import DEFAULT_FIT
+
+    hook.setdefault("fit", DEFAULT_FIT)
     config: dict[str, Any] = {
         "sae": cfg.to_dict(),
         "clip": clip,
@@ -105,8 +107,8 @@ def read_foreign(path: Path, kind: str, hook_defaults: Mapping[str, Any] | None)
             raise ThumbsaeError(
                 f"{path}: this {kind} SAE does not say its {section}.{key}; set {setting} to the value it was trained with"
             )
-    where = path / (SAELENS_WEIGHTS if kind == SAELENS else SPARSIFY_WEIGHTS if kind == SPARSIFY else "")
-    return sae_from_tensors(cfg, tensors, str(where).rstrip("/"), described_by=f"its {kind} config"), config
+    where = path / {SAELENS: SAELENS_WEIGHTS, SPARSIFY: SPARSIFY_WEIGHTS}[kind] if kind != STATE_DICT else path
+    return sae_from_tensors(cfg, tensors, str(where), described_by=f"its {kind} config"), config
 
 
 # ---- reading --------------------------------------------------------------------------------
