@@ -138,3 +138,19 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def read_json_object(path: Path) -> dict:
+    """The JSON object in `path`; one-line `ThumbsaeError` naming the file when it cannot be read,
+    is not JSON, or holds something other than an object."""
+    import json
+
+    from thumbsae.errors import ThumbsaeError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ThumbsaeError(f"{path}: not readable JSON ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ThumbsaeError(f"{path}: expected a JSON object")
+    return data

@@ -18,7 +18,6 @@ it holds a `summary.json`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -29,9 +28,16 @@ from typing import Any
 import pandas as pd
 
 from thumbsae.errors import ThumbsaeError
-from thumbsae.files import atomic_path, atomic_write_text
+from thumbsae.files import atomic_path, atomic_write_text, read_json_object
 from thumbsae.report.html import render_page
-from thumbsae.sae.compare import CSV_NAME, PNG_NAME, comparison_table, plot_comparison, size_label, write_table
+from thumbsae.sae.compare import (
+    CSV_NAME,
+    PNG_NAME,
+    comparison_table,
+    plot_comparison,
+    size_label,
+    write_table,
+)
 
 HTML_NAME = "index.html"
 EVAL_PNG_NAME = "evaluation_comparison.png"
@@ -58,16 +64,6 @@ class ComparisonFiles:
     html: Path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ThumbsaeError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ThumbsaeError(f"{path}: expected a JSON object")
-    return data
-
-
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
@@ -83,7 +79,7 @@ def read_evaluation(eval_dir: str | os.PathLike) -> dict[str, Any]:
     summary_path = folder / "summary.json"
     if not summary_path.is_file():
         raise ThumbsaeError(f"{summary_path}: missing (an evaluation folder is evaluate.py's output)")
-    summary = _read_json(summary_path)
+    summary = read_json_object(summary_path)
     predictor = summary.get("predictor") if isinstance(summary.get("predictor"), dict) else {}
     row: dict[str, Any] = {
         "eval_dir": str(folder),
@@ -99,7 +95,7 @@ def read_evaluation(eval_dir: str | os.PathLike) -> dict[str, Any]:
     }
     recovery_path = folder / "recovery.json"
     if recovery_path.is_file():
-        recovery = _read_json(recovery_path)
+        recovery = read_json_object(recovery_path)
         planted = [m for m in recovery.get("motifs", []) if isinstance(m, dict) and m.get("kind") != "confounded"]
         purity = {str(m.get("motif")): _number(m.get("purity")) for m in planted}
         finite = [p for p in purity.values() if math.isfinite(p)]

@@ -12,7 +12,6 @@ dashboard around them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -21,8 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from thumbsae.files import atomic_path, atomic_write_text
 from thumbsae.errors import ThumbsaeError
+from thumbsae.files import atomic_path, atomic_write_text, read_json_object
 from thumbsae.sae.config import sae_config_from_dict
 from thumbsae.sae.io import read_sae_config
 
@@ -54,13 +53,7 @@ def _read_json(path: Path, *, required: bool) -> dict[str, Any]:
         if required:
             raise ThumbsaeError(f"{path}: missing (each run folder needs sae/config.json and {METRICS_FILE})")
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ThumbsaeError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ThumbsaeError(f"{path}: expected a JSON object")
-    return data
+    return read_json_object(path)
 
 
 def run_summary(run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from thumbsae.errors import ThumbsaeError
-from thumbsae.files import atomic_dir
+from thumbsae.files import atomic_dir, read_json_object
 from thumbsae.sae.config import (
     BatchTopKConfig,
     JumpReLUConfig,
@@ -44,7 +44,13 @@ from thumbsae.sae.config import (
     SAEConfig,
     TopKConfig,
 )
-from thumbsae.sae.io import CONFIG_FILE, WEIGHTS_FILE, clip_depth, load_sae, sae_from_tensors
+from thumbsae.sae.io import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    clip_depth,
+    load_sae,
+    sae_from_tensors,
+)
 from thumbsae.sae.model import SparseAutoencoder
 
 THUMBSAE, SAELENS, SPARSIFY, STATE_DICT = "thumbsae", "saelens", "sparsify", "state_dict"
@@ -114,16 +120,6 @@ def read_foreign(path: Path, kind: str, hook_defaults: Mapping[str, Any] | None)
 # ---- reading --------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ThumbsaeError(f"{path}: not readable JSON ({type(err).__name__}: {err})") from None
-    if not isinstance(data, dict):
-        raise ThumbsaeError(f"{path}: expected a JSON object")
-    return data
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         tensors = load_file(str(path), device="cpu")
@@ -158,7 +154,7 @@ def _layer_from_name(name: Any, pattern: str) -> int | None:
 def read_saelens(folder: Path) -> tuple[SAEConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """A SAELens folder -> (our config, our tensors, what the folder says about its hook)."""
     cfg_path, weights = folder / FOREIGN_CONFIG, folder / SAELENS_WEIGHTS
-    raw = _read_json(cfg_path)
+    raw = read_json_object(cfg_path)
     metadata = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     kwargs = raw.get("activation_fn_kwargs") if isinstance(raw.get("activation_fn_kwargs"), dict) else {}
     activation = raw.get("activation_fn", raw.get("activation_fn_str"))
@@ -243,7 +239,7 @@ def _log_threshold(threshold_F: torch.Tensor) -> torch.Tensor:
 def read_sparsify(folder: Path) -> tuple[SAEConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """A sparsify folder -> (our TopK config, our tensors, what the folder says about its hook)."""
     cfg_path, weights = folder / FOREIGN_CONFIG, folder / SPARSIFY_WEIGHTS
-    raw = _read_json(cfg_path)
+    raw = read_json_object(cfg_path)
     for key, ok in (("activation", "topk"), ("skip_connection", False), ("transcode", False)):
         if raw.get(key, ok) != ok:
             raise ThumbsaeError(f"{cfg_path}: {key}={raw[key]!r}: thumbsae reads sparsify TopK autoencoders only ({key}={ok!r})")
