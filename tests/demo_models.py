@@ -47,7 +47,7 @@ def write_demo_models(
     from thumbsae.activations import ActivationDataModule, embed_images, load_clip
     from thumbsae.activations.store import store_from_array
     from thumbsae.analysis.latents import encode_latents
-    from thumbsae.analysis.predictor import fit_engagement_model
+    from thumbsae.analysis.engagement import fit_engagement_model
     from thumbsae.sae import OptimConfig, SAELitModule, TopKConfig, save_sae
 
     out_dir = Path(out_dir)

@@ -241,13 +241,6 @@ def test_reliability_plot_and_csv_are_written_the_same_twice(tmp_path):
     assert back["n_pairs"].sum() == 3000
 
 
-def test_the_old_module_still_exports_the_model():
-    from thumbsae.analysis import predictor
-
-    assert predictor.EngagementModel is EngagementModel and predictor.fit_engagement_model is fit_engagement_model
-    assert predictor.EngagementConfig is EngagementConfig
-
-
 def test_rank_pair_verdict_words():
     from thumbsae.video import pair_verdict
 

@@ -104,7 +104,8 @@ def _malicious(path: Path, marker: Path) -> Path:
 
 def test_loaders_refuse_a_malicious_pickle_without_running_it(tmp_path):
     from thumbsae.activations import load_clip
-    from thumbsae.analysis.predictor import FORMAT, EngagementModel
+    from thumbsae.analysis.engagement import EngagementModel
+    from thumbsae.analysis.engagement.io import FORMAT
     from thumbsae.errors import ThumbsaeError
     from thumbsae.sae import SparseAutoencoder, TopKConfig, load_sae, save_sae
 

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from thumbsae.analysis.latents import LatentMatrix
-from thumbsae.analysis.predictor import (
+from thumbsae.analysis.engagement import (
     EngagementConfig,
     EngagementModel,
     fit_engagement_model,

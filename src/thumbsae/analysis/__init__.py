@@ -7,5 +7,5 @@ Import from the modules, not from here:
 - `adjust`: views relative to the channel and upload age (`adjust_views`).
 - `study`: the whole feature-group study (`EvalConfig`, `run_feature_study`, `write_study`).
 - `recovery`: what the study found against a synthetic world's ground truth (`recovery_report`).
-- `names`: feature names. `engagement`: the engagement model (`predictor` re-exports it).
+- `names`: feature names. `engagement`: the engagement model (config, fit, I/O, pairwise probabilities).
 """
