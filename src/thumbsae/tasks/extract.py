@@ -38,15 +38,21 @@ def extract_store(
     out_dir: str | Path | None = None,
     clip=None,
 ):
-    """Validate `source`, then extract its activations at `hook` into a store (`out_dir`, or the cache).
+    """Validate `source`, then extract its activations at `hook` into a store (`out_dir`, or the cache),
+    on this process's GPU when CUDA is available (`cuda:LOCAL_RANK`), else on the CPU.
 
     Returns `(ActivationStore, images DataFrame)`; rejected rows go to `rejects_path`.
     """
     from thumbsae.activations import extract_to_store
     from thumbsae.data import load_image_set
 
+    from thumbsae.activations.distributed import extraction_device
+
     images = load_image_set(source, kind=kind, rejects_path=rejects_path, strict=strict)
-    clip = clip if clip is not None else clip_cfg.load()
+    # Extraction runs on this rank's GPU when there is one (a copy of the model there), else the CPU.
+    device = extraction_device("auto")
+    if clip is None or str(clip.device) != device:
+        clip = clip_cfg.load(device=device)
     store = extract_to_store(
         images,
         clip,
