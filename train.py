@@ -18,9 +18,11 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
 
     def task() -> str:
+        from thumbsae.files import shown_path
         from thumbsae.tasks.train import train
 
-        return f"wrote {train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))}"
+        sae_dir = shown_path(train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task)))
+        return f"wrote {sae_dir}\nnext: python evaluate.py sae_dir={sae_dir}"
 
     run_task("train.py", task)
 

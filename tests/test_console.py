@@ -129,3 +129,33 @@ def test_quiet_wandb_logger_drops_the_anonymous_setting(tmp_path):
     logger = quiet_wandb_logger(save_dir=str(tmp_path), offline=True, project="thumbsae-test")
     assert "anonymous" not in logger._wandb_init
     assert logger.__class__.__name__ == "WandbLogger"  # what closing_loggers looks for
+
+
+def test_stage_progress_counts_each_named_step_once(capsys):
+    from thumbsae.console import StageProgress
+
+    with StageProgress(["encode", "study", "report"], "evaluate") as step:
+        step("encode")
+        assert step.done == []
+        step("study")
+        assert step.done == ["encode"]
+        with pytest.raises(ValueError, match="'encode' is not a step still to run"):
+            step("encode")
+        with pytest.raises(ValueError, match="'typo' is not a step"):
+            step("typo")
+        step("report")
+    assert step.done == ["encode", "study", "report"]
+    err = capsys.readouterr().err
+    assert "3/3" in err.split("\r")[-1] and "report" in err.split("\r")[-1]
+    with pytest.raises(ValueError, match="repeat"):
+        StageProgress(["a", "a"], "x")
+
+
+def test_stage_progress_does_not_count_a_step_that_failed():
+    from thumbsae.console import StageProgress
+
+    with pytest.raises(RuntimeError), StageProgress(["encode", "study"], "evaluate", disable=True) as step:
+        step("encode")
+        step("study")
+        raise RuntimeError("boom")
+    assert step.done == ["encode"]

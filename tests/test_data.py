@@ -20,7 +20,7 @@ from thumbsae.data import (
     write_manifest,
 )
 from thumbsae.errors import ThumbsaeError
-from thumbsae.files import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text
+from thumbsae.files import atomic_dir, atomic_path, atomic_write_bytes, atomic_write_text, shown_path
 
 
 def noise_png(path: Path, size: int = 48, seed: int = 0) -> Path:
@@ -428,3 +428,12 @@ def test_exif_orientation_is_applied(tmp_path):
     assert upright.shape == (60, 40, 3)  # width and height swapped
     assert upright[:8, :, 0].mean() > 200 and upright[-8:, :, 0].mean() < 60  # the left edge is now the top
 
+
+
+def test_shown_path_is_relative_inside_the_working_directory_else_absolute(tmp_path, monkeypatch):
+    (tmp_path / "work" / "runs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    assert shown_path(tmp_path / "work" / "runs" / "sae") == "runs/sae"
+    assert shown_path("runs/../runs/sae") == "runs/sae"
+    assert shown_path(tmp_path / "work") == "."
+    assert shown_path(tmp_path / "elsewhere") == str((tmp_path / "elsewhere").resolve())

@@ -1,5 +1,5 @@
-"""The public interface of ../shared/CONTRACT.md, end to end on a tiny world: train.py, evaluate.py,
-thumbsae rank, exactly as outside checks call them (subprocesses, Hydra overrides)."""
+"""The public interface (the README's "What it writes" table), end to end on a tiny world: train.py,
+evaluate.py, thumbsae rank, exactly as outside checks call them (subprocesses, Hydra overrides)."""
 
 from __future__ import annotations
 
@@ -42,11 +42,18 @@ def run(repo: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory, repo_root, tiny_world) -> Path:
     work = tmp_path_factory.mktemp("pipeline")
     cache = work / "cache"
-    run(
+    proc = run(
         repo_root, str(repo_root / "train.py"), f"data.train={tiny_world / 'reference.csv'}",
         f"hydra.run.dir={work / 'run'}", f"activations.cache_dir={cache}", *TRAIN_OVERRIDES, cwd=work,
     )
+    (work / "train.stdout").write_text(proc.stdout)
     return work
+
+
+def test_train_says_where_the_sae_is_and_what_to_run_next(trained):
+    assert (trained / "train.stdout").read_text().splitlines()[-2:] == [
+        "wrote run/sae", "next: python evaluate.py sae_dir=run/sae"
+    ]
 
 
 def test_train_writes_a_self_describing_sae(trained):
@@ -68,12 +75,24 @@ def test_train_writes_a_self_describing_sae(trained):
 @pytest.fixture(scope="module")
 def evaluated(trained, repo_root, tiny_world) -> Path:
     out = trained / "eval"
-    run(
+    proc = run(
         repo_root, str(repo_root / "evaluate.py"), f"sae_dir={trained / 'run' / 'sae'}",
         f"data.thumbnails={tiny_world / 'thumbnails.csv'}", f"data.reference={tiny_world / 'reference.csv'}",
         f"hydra.run.dir={out}", f"activations.cache_dir={trained / 'cache'}", *EVAL_OVERRIDES, cwd=trained,
     )
+    (trained / "evaluate.stdout").write_text(proc.stdout)
+    (trained / "evaluate.stderr").write_text(proc.stderr)
     return out
+
+
+def test_evaluate_shows_its_steps_and_what_to_run_next(evaluated):
+    stdout = (evaluated.parent / "evaluate.stdout").read_text().splitlines()
+    assert stdout[-2].startswith("wrote eval: ") and "features tested" in stdout[-2]
+    assert stdout[-1] == "next: thumbsae rank VIDEO --sae run/sae --model eval/engagement_model --out DIR"
+    # One bar over the steps after extraction, ending at its total with the last step shown.
+    stderr = (evaluated.parent / "evaluate.stderr").read_text().replace("\r", "\n")
+    bar = [line for line in stderr.splitlines() if line.startswith("evaluate:")]
+    assert bar and "6/6" in bar[-1] and "report" in bar[-1]
 
 
 def test_evaluate_writes_the_contract_files(evaluated, tiny_world):

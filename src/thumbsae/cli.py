@@ -111,7 +111,7 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
     refuse_storage_settings(overrides, "rank")
     if _names_its_clip(Path(cfg.sae_dir)):
         refuse_overrides(overrides, ["model", "activations"], why=f"{cfg.sae_dir} names the CLIP model and hook it was trained on")
-    run_rank(
+    records = run_rank(
         Path(cfg.source),
         sae_dir=Path(cfg.sae_dir),
         model_dir=Path(cfg.model_dir),
@@ -122,6 +122,12 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg=video,
         hook_defaults=hook_defaults(cfg, overrides),
     )
+    written = f"wrote {Path(cfg.out) / 'ranking.json'} and {Path(cfg.out) / 'report.html'}"
+    if records:
+        best = records[0]
+        where = f"at {best['timecode']}" if best.get("timecode") else str(best.get("source", ""))
+        written += f": {len(records)} stills ranked, the best {where} (score {best['score']:.3g})"
+    print(written)
     return 0
 
 

@@ -61,18 +61,8 @@ def build(node: DictConfig | Mapping | None, group: str, **runtime: Any) -> Any:
     """
     import hydra
 
-    if node is None:
-        raise ThumbsaeError(f"{group}: missing from the configuration")
-    values = to_plain(node)
-    if not isinstance(values, dict) or "_target_" not in values:
-        raise ThumbsaeError(f"{group}: the config node names no _target_ to build")
-    target = _locate(values["_target_"], group)
-    settings = {k: v for k, v in values.items() if not k.startswith("_")}
+    values, target, settings = _checked(node, group)
     special = {k: v for k, v in values.items() if k.startswith("_") and k != "_target_"}
-    if dataclasses.is_dataclass(target):
-        settings = check_fields(target, settings, group)
-    elif getattr(target, "__module__", "").startswith("thumbsae."):
-        settings = check_parameters(target, settings, group)
     if dataclasses.is_dataclass(target):
         # Built here so that nested dicts stay plain values (instantiate would recurse into them).
         try:
@@ -95,13 +85,25 @@ def build(node: DictConfig | Mapping | None, group: str, **runtime: Any) -> Any:
 def check(node: DictConfig | Mapping, group: str) -> None:
     """Check a node's values against its `_target_`'s field types without building it (for a config
     whose build needs values only known later, such as an SAE's width)."""
+    _checked(node, group)
+
+
+def _checked(node: DictConfig | Mapping | None, group: str) -> tuple[dict, Any, dict[str, Any]]:
+    """A node's plain values, its located `_target_` and its settings (keys without a leading `_`)
+    converted to the target's field or parameter types. Third-party targets (Lightning's Trainer,
+    loggers) check their own arguments when built, so their settings pass through as given."""
+    if node is None:
+        raise ThumbsaeError(f"{group}: missing from the configuration")
     values = to_plain(node)
+    if not isinstance(values, dict) or "_target_" not in values:
+        raise ThumbsaeError(f"{group}: the config node names no _target_ to build")
     target = _locate(values["_target_"], group)
     settings = {k: v for k, v in values.items() if not k.startswith("_")}
     if dataclasses.is_dataclass(target):
-        check_fields(target, settings, group)
-    else:
-        check_parameters(target, settings, group)
+        settings = check_fields(target, settings, group)
+    elif getattr(target, "__module__", "").startswith("thumbsae."):
+        settings = check_parameters(target, settings, group)
+    return values, target, settings
 
 
 def to_plain(node: Any) -> Any:

@@ -5,7 +5,8 @@ hardware lines, tips and a model table and warns about things we chose on purpos
 add deprecation notes. `quiet_third_party(verbose=False)` hides all of it on the console (errors
 still show, and Hydra's run log file keeps every line); `verbose=True` (`thumbsae -v ...`,
 `python train.py hydra.verbose=true`) shows everything. Progress bars come from `progress_bar`
-(tqdm, stderr) and, for Lightning training, `step_progress_bar` (one bar over `max_steps`).
+(tqdm, stderr), `StageProgress` (one bar over a command's named steps) and, for Lightning
+training, `step_progress_bar` (one bar over `max_steps`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, Self
 
 OWN_LOGGER = "thumbsae"
 # Records of these loggers are this package's own lines ("__main__": train.py, evaluate.py, ...;
@@ -116,6 +117,55 @@ def progress_bar(total: int | None, desc: str, *, unit: str = "it", initial: int
     return tqdm(
         total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True
     )
+
+
+class StageProgress:
+    """One bar over a command's named steps (`total` = their number), the running step shown
+    beside the count. Call it with a step's name when that step starts; the previous one is then
+    counted done. Use it as a context manager: leaving it counts the last step.
+
+        with StageProgress(["encode latents", "feature study"], "evaluate") as step:
+            step("encode latents"); ...
+            step("feature study"); ...
+    """
+
+    def __init__(self, steps: list[str], desc: str, *, disable: bool = False) -> None:
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"StageProgress: step names repeat: {steps}")
+        self._steps = list(steps)
+        self._done: list[str] = []
+        self._current: str | None = None
+        self._bar = progress_bar(len(self._steps), desc, unit="step", disable=disable)
+
+    def __call__(self, name: str) -> None:
+        if name not in self._steps or name in self._done or name == self._current:
+            raise ValueError(f"StageProgress: {name!r} is not a step still to run (steps: {self._steps})")
+        self._finish_current()
+        self._current = name
+        self._bar.set_postfix_str(name, refresh=True)
+
+    @property
+    def done(self) -> list[str]:
+        """The steps counted done so far, in order."""
+        return list(self._done)
+
+    def _finish_current(self) -> None:
+        if self._current is not None:
+            self._done.append(self._current)
+            self._bar.update(1)
+            self._current = None
+
+    def close(self) -> None:
+        self._finish_current()
+        self._bar.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self._finish_current()
+        self._bar.close()
 
 
 def step_progress_bar(desc: str = "train SAE") -> Any:

@@ -154,3 +154,13 @@ def read_json_object(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ThumbsaeError(f"{path}: expected a JSON object")
     return data
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as a command line would show it: relative to the working directory when it lies
+    inside it (`runs/x/sae`), else absolute."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
+    except ValueError:
+        return str(resolved)

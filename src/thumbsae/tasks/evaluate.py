@@ -1,6 +1,6 @@
 """Apply an SAE to thumbnails with views and find the features that go with views (`python evaluate.py`).
 
-Writes, under the run folder, the files ../shared/CONTRACT.md names: `feature_groups.csv`,
+Writes, under the run folder (the README's "What it writes" table): `feature_groups.csv`,
 `summary.json`, `panels/` (PNGs + `index.html`), `engagement_model/`, plus `top_and_bottom_groups.csv`,
 `recovery.json` (on a world), `latents_thumbnails.npz`, `plots/` and the rejects CSVs.
 """
@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from thumbsae.activations.config import ClipConfig, HookConfig
 from thumbsae.config import build, refuse_overrides, setting, to_plain
+from thumbsae.console import StageProgress
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
@@ -41,7 +42,7 @@ def resolve_sae_dir(cfg: DictConfig, overrides: Sequence[str]) -> Path:
     if (run / "sae" / "config.json").exists():
         refuse_overrides(overrides, TRAIN_GROUPS, why=f"the embedded SAE in {run} is already trained; train a new one with train.py")
         return run / "sae"
-    print(f"no sae_dir given: training the embedded SAE into {run}")
+    print(f"no sae_dir given: training the embedded SAE into {run} (sae_dir=RUN/sae evaluates one you trained)")
     return train(cfg, run)
 
 
@@ -96,53 +97,67 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
         data.reference, kind="reference", hook=hook, clip_cfg=clip_cfg, strict=data.strict,
         rejects_path=out_dir / "rejects_reference.csv", clip=clip, out_dir=hook.reference_store,
     )
-    thumb_latents = encode_latents(sae, thumb_store, pool=eval_cfg.pool)
-    ref_latents = encode_latents(sae, ref_store, pool=eval_cfg.pool)
-    save_latents(thumb_latents, out_dir / "latents_thumbnails.npz")
-    thumbnails = align(thumbnails, thumb_latents.video_ids)
-    reference = align(reference, ref_latents.video_ids)
+    fit_engagement = bool(cfg.get("engagement_model", True))
+    report = bool(cfg.get("report", True))
+    steps = ["encode latents", "feature study", "name features"]
+    steps += ["embed thumbnails", "engagement model"] if fit_engagement else []
+    steps += ["report"] if report else []
+    with StageProgress(steps, "evaluate") as step:
+        step("encode latents")
+        thumb_latents = encode_latents(sae, thumb_store, pool=eval_cfg.pool)
+        ref_latents = encode_latents(sae, ref_store, pool=eval_cfg.pool)
+        save_latents(thumb_latents, out_dir / "latents_thumbnails.npz")
+        thumbnails = align(thumbnails, thumb_latents.video_ids)
+        reference = align(reference, ref_latents.video_ids)
 
-    result = run_feature_study(thumb_latents.csr, thumbnails, eval_cfg)
-    feature_groups = result.feature_groups
-    side_features = [int(f) for f in feature_groups.loc[feature_groups["side"].isin(["high", "low"]), "feature"]]
-    names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip)
-    feature_groups["name"] = [names.get(int(f), {}).get("name", "") for f in feature_groups["feature"]]
-    summary = write_study(result, out_dir)
-    summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
+        step("feature study")
+        result = run_feature_study(thumb_latents.csr, thumbnails, eval_cfg)
+        feature_groups = result.feature_groups
+        recovery, warning = world_recovery(result, thumb_latents.csr, thumbnails, eval_cfg,
+                                           Path(data.thumbnails).parent / "ground_truth.json")
 
-    recovery, warning = world_recovery(result, thumb_latents.csr, thumbnails, eval_cfg,
-                                       Path(data.thumbnails).parent / "ground_truth.json")
-    if warning:
-        print(f"evaluate.py: warning: {warning}")
-    if recovery is not None:
-        atomic_write_text(out_dir / "recovery.json", json.dumps(recovery, indent=2, sort_keys=True) + "\n")
-        summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
+        step("name features")
+        side_features = [int(f) for f in feature_groups.loc[feature_groups["side"].isin(["high", "low"]), "feature"]]
+        names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip)
+        feature_groups["name"] = [names.get(int(f), {}).get("name", "") for f in feature_groups["feature"]]
+        summary = write_study(result, out_dir)
+        summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
+        if warning:
+            print(f"evaluate.py: warning: {warning}")
+        if recovery is not None:
+            atomic_write_text(out_dir / "recovery.json", json.dumps(recovery, indent=2, sort_keys=True) + "\n")
+            summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
 
-    if cfg.get("engagement_model", True):
-        embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit)
-        summary["predictor"] = fit_and_save_engagement_model(
-            cfg, eng_cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names, eval_cfg
-        )
+        if fit_engagement:
+            step("embed thumbnails")
+            embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit)
+            step("engagement model")
+            summary["predictor"] = fit_and_save_engagement_model(
+                cfg, eng_cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names,
+                eval_cfg
+            )
 
-    summary["sae_dir"] = str(sae_dir)
-    summary["clip"] = sae_config["clip"]
-    summary["hook"] = sae_config["hook"]
-    atomic_write_text(out_dir / "summary.json", json.dumps(to_json_ready(summary), indent=2, sort_keys=True) + "\n")
+        summary["sae_dir"] = str(sae_dir)
+        summary["clip"] = sae_config["clip"]
+        summary["hook"] = sae_config["hook"]
+        atomic_write_text(out_dir / "summary.json", json.dumps(to_json_ready(summary), indent=2, sort_keys=True) + "\n")
 
-    if cfg.get("report", True):
-        from thumbsae.report.panels import write_panels
-        from thumbsae.report.plots import write_plots
+        if report:
+            from thumbsae.report.panels import write_panels
+            from thumbsae.report.plots import write_plots
 
-        write_panels(
-            out_dir / "panels", feature_groups, thumbnails, reference, ref_latents.csr, names,
-            stat_label=f"group {eval_cfg.statistic}",
-        )
-        write_plots(out_dir / "plots", feature_groups, result.nulls, summary)
-        loggers = make_loggers(cfg.get("logger"), out_dir, name=f"evaluate-{Path(sae_dir).parent.name}", group=cfg.get("experiment_name"))
-        with closing_loggers(loggers):
-            from thumbsae.report.wandb_log import log_evaluation
+            step("report")
+            write_panels(
+                out_dir / "panels", feature_groups, thumbnails, reference, ref_latents.csr, names,
+                stat_label=f"group {eval_cfg.statistic}",
+            )
+            write_plots(out_dir / "plots", feature_groups, result.nulls, summary)
+            loggers = make_loggers(cfg.get("logger"), out_dir, name=f"evaluate-{Path(sae_dir).parent.name}",
+                                   group=cfg.get("experiment_name"))
+            with closing_loggers(loggers):
+                from thumbsae.report.wandb_log import log_evaluation
 
-            log_evaluation(loggers, out_dir / "panels", feature_groups, summary)
+                log_evaluation(loggers, out_dir / "panels", feature_groups, summary)
     return summary
 
 
