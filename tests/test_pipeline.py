@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -93,6 +94,11 @@ def test_evaluate_shows_its_steps_and_what_to_run_next(evaluated):
     stderr = (evaluated.parent / "evaluate.stderr").read_text().replace("\r", "\n")
     bar = [line for line in stderr.splitlines() if line.startswith("evaluate:")]
     assert bar and "6/6" in bar[-1] and "report" in bar[-1]
+    # The ridge baseline's full-tower embeddings of the thumbnails are kept for the next evaluation.
+    cached = list((evaluated.parent / "cache" / "embeddings").glob("*.npy"))
+    assert len(cached) == 1
+    summary = json.loads((evaluated / "summary.json").read_text())
+    assert np.load(cached[0], allow_pickle=False).shape[0] == summary["n_thumbnails"]
 
 
 def test_evaluate_writes_the_contract_files(evaluated, tiny_world):

@@ -19,7 +19,7 @@ from thumbsae.activations.config import ClipConfig, HookConfig
 from thumbsae.config import build, refuse_overrides, setting, to_plain
 from thumbsae.console import StageProgress
 from thumbsae.errors import ThumbsaeError
-from thumbsae.files import atomic_write_text
+from thumbsae.files import atomic_write_text, write_atomic
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
@@ -130,7 +130,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
 
         if fit_engagement:
             step("embed thumbnails")
-            embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit)
+            embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit,
+                                          cache=embeddings_cache(hook, thumb_store, thumbnails["video_id"]))
             step("engagement model")
             summary["predictor"] = fit_and_save_engagement_model(
                 cfg, eng_cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names,
@@ -161,15 +162,50 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     return summary
 
 
-def final_embeddings(clip, paths: list[str], *, fit: str, chunk: int = 256) -> np.ndarray:
-    """[N, E] normalised final CLIP image embeddings (the ridge baseline's input), in chunks."""
+def final_embeddings(clip, paths: list[str], *, fit: str, cache: Path | None = None, chunk: int = 256) -> np.ndarray:
+    """[N, E] normalised final CLIP image embeddings (the ridge baseline's input), in chunks.
+
+    cache: a `.npy` file named by `embeddings_cache` (the images' store and order). When it holds
+    a float32 `[N, E]` array that is returned; otherwise the embeddings are computed and written
+    there (temporary name, then rename), so evaluating several SAEs on the same thumbnails runs the
+    full CLIP tower over them once.
+    """
     from thumbsae.activations import image_embeddings
     from thumbsae.data import load_rgb
 
+    if cache is not None and cache.is_file():
+        try:
+            cached = np.load(cache, allow_pickle=False)
+        except (OSError, ValueError):
+            cached = None  # unreadable: computed again and replaced
+        if cached is not None and cached.dtype == np.float32 and cached.ndim == 2 and len(cached) == len(paths):
+            return cached
     parts = [
         image_embeddings(clip, [load_rgb(p) for p in paths[i : i + chunk]], fit=fit) for i in range(0, len(paths), chunk)
     ]
-    return np.concatenate(parts, axis=0)
+    embeddings = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+    if cache is not None:
+        def save(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, embeddings, allow_pickle=False)
+
+        write_atomic(cache, save)
+    return embeddings
+
+
+def embeddings_cache(hook: HookConfig, store, video_ids: Sequence[str]) -> Path | None:
+    """Where `final_embeddings` keeps the embeddings of `video_ids` (in that order) of `store`'s
+    images: under `activations.cache_dir/embeddings/`, named by the store's content hash (the
+    images' bytes, the CLIP model and its preprocessing) and the ids. None for a store without one."""
+    import hashlib
+
+    store_hash = store.metadata.get("content_hash")
+    if not store_hash:
+        return None
+    key = {"what": "final CLIP image embeddings, L2-normalised", "store": store_hash, "fit": hook.fit,
+           "video_ids": [str(v) for v in video_ids]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return Path(hook.cache_dir) / "embeddings" / f"{digest}.npy"
 
 
 def name_side_features(features, feature_groups, thumbnails, reference, ref_csr, clip) -> dict[int, dict]:
