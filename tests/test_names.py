@@ -88,6 +88,30 @@ def test_text_tower_names_each_feature_by_its_content(fake_tower):
     assert calls["images"] == len(background)  # each distinct image embedded once
 
 
+
+def test_known_embeddings_are_used_instead_of_embedding_again(fake_tower):
+    """evaluate.py hands over every thumbnail's embedding: naming then embeds only the others."""
+    import thumbsae.activations
+
+    paths, calls = fake_tower
+    top = {7: paths["food"][:3], 8: paths["sports field"], 9: paths["car"][1:]}
+    background = [p for word in paths for p in paths[word]]
+    args = dict(top_images=top, all_images_sample=background, clip=FakeClip(), vocabulary=WORDS, top_words=2)
+    plain = name_features([7, 8, 9], **args)
+    embed = thumbsae.activations.image_embeddings
+    known = {p: embed(None, [Image.open(p).convert("RGB")])[0] for p in background[:8]}
+    calls["images"] = 0
+    reused = name_features([7, 8, 9], **args, known_embeddings=known)
+    assert calls["images"] == len(background) - 8  # only the images not handed over
+    assert json.dumps(reused, sort_keys=True) == json.dumps(plain, sort_keys=True)
+    every = {p: embed(None, [Image.open(p).convert("RGB")])[0] for p in background}
+    calls["images"] = 0
+    assert json.dumps(name_features([7, 8, 9], **args, known_embeddings=every), sort_keys=True) == json.dumps(
+        plain, sort_keys=True
+    )
+    assert calls["images"] == 0
+
+
 def test_background_subtraction_is_what_removes_the_shared_look(fake_tower):
     paths, _ = fake_tower
     # With only food images as background, the food feature's direction is ~0 beyond noise: no name;

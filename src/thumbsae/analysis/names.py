@@ -16,7 +16,7 @@ Two ways, and every name says which it used (`source`):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -61,6 +61,7 @@ def name_features(
     top_words: int = 3,
     template: str | Sequence[str] = PROMPT_TEMPLATES,
     batch_size: int = 64,
+    known_embeddings: Mapping[str, np.ndarray] | None = None,
 ) -> dict[int, dict]:
     """Name each feature from CLIP text words (with a text tower) or its reference labels.
 
@@ -80,6 +81,8 @@ def name_features(
         top_words: how many words make a text name.
         template: the prompt (or prompts, averaged) each word is put in.
         batch_size: images decoded at a time (bounds memory: only one batch of pixels is held).
+        known_embeddings: image path -> its L2-normalised final CLIP embedding, already computed
+            (e.g. evaluate.py's embeddings of every thumbnail); those images are not embedded again.
     Returns:
         feature -> {"name": str, "source": "text" | "reference_label" | "none",
         "words": [(word or label, score)]} where score is a cosine for `"text"` and a share of the
@@ -92,7 +95,9 @@ def name_features(
     if clip is None or not getattr(clip, "has_text", False):
         return by_label
     words = vocabulary if isinstance(vocabulary, (list, tuple)) else load_vocabulary(vocabulary)
-    names = _name_by_text(features, top_images, all_images_sample, clip, list(words), top_words, template, batch_size)
+    names = _name_by_text(
+        features, top_images, all_images_sample, clip, list(words), top_words, template, batch_size, known_embeddings
+    )
     for f in features:
         if names[f]["source"] == "none":
             names[f] = by_label[f]  # no top images to embed: the labels are all we have
@@ -130,6 +135,7 @@ def _name_by_text(
     top_words: int,
     template: str | Sequence[str],
     batch_size: int,
+    known_embeddings: Mapping[str, np.ndarray] | None = None,
 ) -> dict[int, dict]:
     """Top vocabulary words per feature by cosine of (top - background) with centred prompts."""
     from thumbsae.activations import encode_text, image_embeddings
@@ -152,7 +158,10 @@ def _name_by_text(
     if not order:
         return {f: {"name": "", "source": "none", "words": []} for f in features}
     row = {p: i for i, p in enumerate(order)}
-    images_NE = _embed_paths(clip, order, image_embeddings, batch_size)
+    known = known_embeddings or {}
+    missing = [p for p in order if p not in known]
+    embedded = dict(zip(missing, _embed_paths(clip, missing, image_embeddings, batch_size))) if missing else {}
+    images_NE = np.stack([np.asarray(known[p] if p in known else embedded[p], dtype=np.float64) for p in order])
     background_E = images_NE[[row[p] for p in background]].mean(axis=0)
 
     names: dict[int, dict] = {}

@@ -99,8 +99,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     )
     fit_engagement = bool(cfg.get("engagement_model", True))
     report = bool(cfg.get("report", True))
-    steps = ["encode latents", "feature study", "name features"]
-    steps += ["embed thumbnails", "engagement model"] if fit_engagement else []
+    steps = ["encode latents", "feature study"]
+    steps += ["embed thumbnails", "name features", "engagement model"] if fit_engagement else ["name features"]
     steps += ["report"] if report else []
     with StageProgress(steps, "evaluate") as step:
         step("encode latents")
@@ -116,9 +116,18 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
         recovery, warning = world_recovery(result, thumb_latents.csr, thumbnails, eval_cfg,
                                            Path(data.thumbnails).parent / "ground_truth.json")
 
+        embeddings = None
+        if fit_engagement:
+            # Every thumbnail's final CLIP embedding: the ridge baseline's input, also used by the names.
+            step("embed thumbnails")
+            embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit,
+                                          cache=embeddings_cache(hook, thumb_store, thumbnails["video_id"]))
+
         step("name features")
         side_features = [int(f) for f in feature_groups.loc[feature_groups["side"].isin(["high", "low"]), "feature"]]
-        names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip)
+        known = None if embeddings is None else dict(zip(thumbnails["image"].astype(str), embeddings))
+        names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip,
+                                   known_embeddings=known)
         feature_groups["name"] = [names.get(int(f), {}).get("name", "") for f in feature_groups["feature"]]
         summary = write_study(result, out_dir)
         summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
@@ -129,9 +138,6 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
             summary["recovery"] = {k: v for k, v in recovery.items() if not isinstance(v, (list, dict))}
 
         if fit_engagement:
-            step("embed thumbnails")
-            embeddings = final_embeddings(clip, thumbnails["image"].tolist(), fit=hook.fit,
-                                          cache=embeddings_cache(hook, thumb_store, thumbnails["video_id"]))
             step("engagement model")
             summary["predictor"] = fit_and_save_engagement_model(
                 cfg, eng_cfg, out_dir / "engagement_model", thumb_latents.csr, thumbnails, embeddings, feature_groups, names,
@@ -208,8 +214,11 @@ def embeddings_cache(hook: HookConfig, store, video_ids: Sequence[str]) -> Path 
     return Path(hook.cache_dir) / "embeddings" / f"{digest}.npy"
 
 
-def name_side_features(features, feature_groups, thumbnails, reference, ref_csr, clip) -> dict[int, dict]:
-    """Names for the high/low features from their top thumbnails (text tower) or reference labels."""
+def name_side_features(
+    features, feature_groups, thumbnails, reference, ref_csr, clip, *, known_embeddings=None
+) -> dict[int, dict]:
+    """Names for the high/low features from their top thumbnails (text tower) or reference labels.
+    known_embeddings: image path -> final CLIP embedding already computed (not embedded again)."""
     from thumbsae.analysis.names import name_features
 
     image_of = dict(zip(thumbnails["video_id"], thumbnails["image"]))
@@ -224,7 +233,8 @@ def name_side_features(features, feature_groups, thumbnails, reference, ref_csr,
             labels[f] = [str(reference["label"].iloc[i]) for i in col.indices[order]]
     sample = thumbnails["image"].iloc[:: max(1, len(thumbnails) // 256)].tolist()
     return name_features(
-        features, top_images=top_images, all_images_sample=sample, clip=clip if clip.has_text else None, reference_labels=labels
+        features, top_images=top_images, all_images_sample=sample, clip=clip if clip.has_text else None,
+        reference_labels=labels, known_embeddings=known_embeddings,
     )
 
 
