@@ -6,20 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_activations import MICRO, MICRO_NAME
+from test_activations import micro  # noqa: F401 - the tiny CLIP fixture, shared
 
-from thumbsae.activations import image_embeddings, load_clip
+from thumbsae.activations import image_embeddings
 from thumbsae.activations.config import HookConfig
 from thumbsae.activations.store import store_from_array
 from thumbsae.data import load_rgb
 from thumbsae.tasks.evaluate import embeddings_cache, final_embeddings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def micro():
-    return load_clip(MICRO_NAME, overrides=MICRO)
 
 
 def _images(folder, n: int) -> list[str]:
