@@ -155,10 +155,6 @@ class StageProgress:
             self._bar.update(1)
             self._current = None
 
-    def close(self) -> None:
-        self._finish_current()
-        self._bar.close()
-
     def __enter__(self) -> Self:
         return self
 

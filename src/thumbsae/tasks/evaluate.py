@@ -19,7 +19,7 @@ from thumbsae.activations.config import ClipConfig, HookConfig
 from thumbsae.config import build, refuse_overrides, setting, to_plain
 from thumbsae.console import StageProgress
 from thumbsae.errors import ThumbsaeError
-from thumbsae.files import atomic_write_text, write_atomic
+from thumbsae.files import atomic_write_text
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
@@ -177,6 +177,7 @@ def final_embeddings(clip, paths: list[str], *, fit: str, cache: Path | None = N
     full CLIP tower over them once.
     """
     from thumbsae.activations import image_embeddings
+    from thumbsae.activations.store import write_array
     from thumbsae.data import load_rgb
 
     if cache is not None and cache.is_file():
@@ -191,11 +192,7 @@ def final_embeddings(clip, paths: list[str], *, fit: str, cache: Path | None = N
     ]
     embeddings = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
     if cache is not None:
-        def save(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.save(handle, embeddings, allow_pickle=False)
-
-        write_atomic(cache, save)
+        write_array(cache, embeddings)
     return embeddings
 
 
