@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 .PHONY: setup test bench
 
 setup:
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); if [ "$$free_kb" -lt 8000000 ]; then \
+	  echo "setup: warning: $$((free_kb / 1024)) MB free on this disk; .venv takes about 7 GB (torch's CUDA build alone is 5.5 GB)"; fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,formats]'

@@ -7,6 +7,7 @@ Composes conf/extract.yaml and runs `thumbsae.tasks.extract.extract`.
 """
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from thumbsae.tasks.entry import check_command_line, run_task
@@ -14,10 +15,12 @@ from thumbsae.tasks.entry import check_command_line, run_task
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="extract")
 def main(cfg: DictConfig) -> None:
+    overrides = list(HydraConfig.get().overrides.task)
+
     def task() -> str:
         from thumbsae.tasks.extract import extract
 
-        store, is_main = extract(cfg)
+        store, is_main = extract(cfg, overrides)
         return f"wrote {store.path}: {store.n} rows x {store.d}" if is_main else ""
 
     run_task("extract.py", task)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from thumbsae.config import build, check_fields, compose, conf_dir, refuse_overrides, to_plain
+from thumbsae.config import MAX_SEED, Seed, build, check, check_fields, compose, conf_dir, refuse_overrides, setting, to_plain
 from thumbsae.errors import ThumbsaeError
 
 # Every entry point's config: train.py, evaluate.py, extract.py and the `thumbsae` sub-commands.
@@ -202,6 +202,35 @@ def test_bad_values_are_one_line_errors_naming_the_setting(override, message):
     with pytest.raises(ThumbsaeError) as err:
         build(cfg[group], group)
     assert str(err.value) == message
+
+
+def _seed_settings(cfg: DictConfig) -> list[str]:
+    """Every `seed` in a composed config: the top-level one and those of the groups that build something."""
+    plain = OmegaConf.to_container(cfg, resolve=False)  # unresolved: `out: ???` is fine here
+    keys = ["seed"] if "seed" in plain else []
+    return keys + [f"{g}.seed" for g, node in plain.items() if isinstance(node, dict) and "_target_" in node and "seed" in node]
+
+
+@pytest.mark.parametrize("config_name", [p.stem for p in sorted(conf_dir().glob("*.yaml"))])
+def test_every_seed_is_checked_against_what_numpy_torch_and_lightning_accept(config_name):
+    # seed=-1 used to reach Lightning's seed_everything (a traceback) and eval.seed=-1 numpy's
+    # default_rng; model.seed=-1 and sae.seed=-1 were silently accepted.
+    for key in _seed_settings(compose(config_name)):
+        for bad in (-1, MAX_SEED + 1):
+            cfg = compose(config_name, [f"{key}={bad}"])
+            with pytest.raises(ThumbsaeError) as err:
+                setting(cfg, "seed", Seed) if key == "seed" else check(cfg[key.split(".")[0]], key.split(".")[0])
+            assert str(err.value) == f"{key}={bad}: expected a whole number from 0 to 4294967295"
+        cfg = compose(config_name, [f"{key}={MAX_SEED}"])
+        assert (setting(cfg, "seed", Seed) if key == "seed" else to_plain(cfg[key.split(".")[0]])["seed"]) == MAX_SEED
+        if key != "seed":
+            check(cfg[key.split(".")[0]], key.split(".")[0])
+
+
+def test_the_seed_check_covers_the_pipeline_seeds():
+    # The parametrized test above finds seeds by walking the configs; it must find these.
+    found = {k for name in ("train", "evaluate", "world") for k in _seed_settings(compose(name))}
+    assert {"seed", "sae.seed", "model.seed", "datamodule.seed", "eval.seed", "world.seed"} <= found
 
 
 def test_unknown_keys_and_malformed_overrides_are_one_line_errors():

@@ -22,6 +22,7 @@ from thumbsae.world import (
     caption_for,
     draw_thumbnail,
     generate_world,
+    settings_differing,
 )
 from thumbsae.world import generate as generate_module
 
@@ -195,6 +196,19 @@ def test_bad_config_is_one_clear_error():
     with pytest.raises(ThumbsaeError, match="world.n_thumbnails=0: must be an integer in 1"):
         WorldConfig(n_thumbnails=0)
     assert WorldConfig(effects={"food": 3.0}).effects == (("food", 3.0),)  # dicts from Hydra
+
+
+def test_a_world_records_every_setting_that_changes_its_content(world):
+    truth = json.loads((world / "ground_truth.json").read_text())
+    assert settings_differing(WorldConfig(**TINY), truth) == {}
+    # Only drawing speed differs: the same world.
+    assert settings_differing(WorldConfig(**TINY, workers=2, png_compress_level=6), truth) == {}
+    changed = {"seed": 3, "n_thumbnails": 401, "effects": {"food": 3.0}, "years": (2016, 2024), "noise_sd": 0.4,
+               "null": True}
+    for key, value in changed.items():
+        differing = settings_differing(WorldConfig(**{**TINY, key: value}), truth)
+        assert list(differing) == [key], key
+        assert differing[key][0] == truth.get(key, truth["config"].get(key))
 
 
 def test_draw_thumbnail_is_deterministic_and_motifs_reach_the_edges():

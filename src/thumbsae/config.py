@@ -18,11 +18,24 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from thumbsae.errors import ThumbsaeError, one_line
+
+
+@dataclasses.dataclass(frozen=True)
+class Between:
+    """`Annotated[int, Between(lo, hi)]`: a whole-number setting that `build` checks lies in lo..hi."""
+
+    low: int
+    high: int
+
+
+MAX_SEED = 2**32 - 1
+#: Every seed setting (`seed`, `sae.seed`, `world.seed`, ...): what numpy, torch and Lightning all accept.
+Seed = Annotated[int, Between(0, MAX_SEED)]
 
 
 def conf_dir() -> Path:
@@ -136,7 +149,7 @@ def check_fields(cls: type, values: Mapping[str, Any], group: str) -> dict[str, 
         raise ThumbsaeError(
             f"{group}: unknown setting(s) {', '.join(f'{group}.{k}' for k in unknown)}; known: {', '.join(sorted(fields))}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     return {key: _convert(value, hints.get(key, Any), f"{group}.{key}") for key, value in values.items()}
 
 
@@ -154,7 +167,7 @@ def check_parameters(target: Any, values: Mapping[str, Any], group: str) -> dict
         raise ThumbsaeError(
             f"{group}: unknown setting(s) {', '.join(f'{group}.{k}' for k in unknown)}; known: {', '.join(sorted(params))}"
         )
-    hints = typing.get_type_hints(func)
+    hints = typing.get_type_hints(func, include_extras=True)
     return {key: _convert(value, hints.get(key, Any), f"{group}.{key}") for key, value in values.items()}
 
 
@@ -194,6 +207,12 @@ def _locate(path: str, group: str) -> Any:
 def _convert(value: Any, hint: Any, name: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if origin is Annotated:
+        value = _convert(value, args[0], name)
+        for bounds in (m for m in hint.__metadata__ if isinstance(m, Between)):
+            if not bounds.low <= value <= bounds.high:
+                raise ThumbsaeError(f"{name}={value!r}: expected a whole number from {bounds.low} to {bounds.high}")
+        return value
     if hint is Any or hint is object:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -252,6 +271,8 @@ def _convert(value: Any, hint: Any, name: str) -> Any:
 
 
 def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Annotated:
+        return _describe(typing.get_args(hint)[0])
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         parts = [_describe(a) for a in typing.get_args(hint) if a is not type(None)]
         nullable = type(None) in typing.get_args(hint)

@@ -29,6 +29,7 @@ from thumbsae.activations.model_configs import (
     register_model_config,
     register_shipped_configs,
 )
+from thumbsae.config import Seed
 from thumbsae.errors import ThumbsaeError, one_line
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -66,7 +67,7 @@ class LoadedCLIP:
     has_text: bool
     quick_gelu: bool = False
     overrides: dict | None = None
-    seed: int = 0
+    seed: Seed = 0
     device: str = "cpu"
 
     @property

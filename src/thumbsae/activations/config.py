@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from thumbsae.config import Seed
 from thumbsae.errors import ThumbsaeError
 
 TOKENS = ("cls", "mean", "all")
@@ -30,7 +31,7 @@ class ClipConfig:
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     image_size: int | None = None
-    seed: int = 0
+    seed: Seed = 0
     sha256: str | None = None
 
     def load(self, device: str = "cpu"):

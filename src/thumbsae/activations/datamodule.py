@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from thumbsae.activations.store import ActivationStore, from_storage
 from thumbsae.activations.stream import ActivationStream, Piece, Window
+from thumbsae.config import Seed
 from thumbsae.errors import ThumbsaeError
 
 __all__ = ["ActivationDataModule", "ActivationStream", "Piece", "Window"]
@@ -90,7 +91,7 @@ class ActivationDataModule(pl.LightningDataModule):
         val_fraction: float = 0.05,
         shuffle_buffer: int = 32768,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: Seed = 0,
         normalize: bool = True,
         *,
         rank: int | None = None,

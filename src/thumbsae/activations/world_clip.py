@@ -41,6 +41,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from thumbsae.activations.clip import SHIPPED_WORLD_CLIP, shipped_checkpoint
 from thumbsae.activations.model_configs import TINY_VIT_NAME, register_shipped_configs
+from thumbsae.config import Seed
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_bytes, atomic_write_text
 from thumbsae.world.captions import MOTIF_PHRASES, caption_for
@@ -64,7 +65,7 @@ class WorldClipConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
-    seed: int = 0
+    seed: Seed = 0
     max_images: int | None = None
     heldout_fraction: float = 0.1
     warmup_fraction: float = 0.1

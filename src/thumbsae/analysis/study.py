@@ -56,6 +56,7 @@ import scipy.sparse as sp
 from thumbsae.analysis import stats as st
 from thumbsae.analysis.adjust import adjust_views, channel_codes
 from thumbsae.analysis.groups import FeatureGroups, top_groups
+from thumbsae.config import Seed
 from thumbsae.files import atomic_path
 from thumbsae.errors import ThumbsaeError
 from thumbsae.jsonable import to_json_ready
@@ -98,7 +99,7 @@ class EvalConfig:
     n_permutations: int = 200
     n_bootstrap: int = 1000
     alpha: float = 0.05
-    seed: int = 0
+    seed: Seed = 0
     pool: str = "max"
     n_feature_null: int = 100_000
     max_bootstrap_features: int = 20_000

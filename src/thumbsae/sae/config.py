@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from thumbsae.config import Seed
 from thumbsae.errors import ThumbsaeError
 
 MSE_NORMS: tuple[str, ...] = ("none", "input_norm")
@@ -62,7 +63,7 @@ class SAEConfig:
     unit_norm_decoder: bool = True
     b_dec_init: str = "mean"
     input_scale: float = 1.0
-    seed: int = 0
+    seed: Seed = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

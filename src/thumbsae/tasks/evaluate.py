@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from thumbsae.activations.config import ClipConfig, HookConfig
-from thumbsae.config import build, refuse_overrides, setting, to_plain
+from thumbsae.config import Seed, build, refuse_overrides, setting, to_plain
 from thumbsae.console import StageProgress
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
@@ -73,7 +73,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     from thumbsae.jsonable import to_json_ready
     from thumbsae.sae import load_sae
 
-    setting(cfg, "seed", int)  # checked now, used when the engagement model is fitted
+    setting(cfg, "seed", Seed)  # checked now, used when the engagement model is fitted
     data = build(cfg.data, "data")
     eval_cfg = build(cfg.eval, "eval")
     eng_cfg = build(cfg.engagement, "engagement")
@@ -81,9 +81,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     for key in ("thumbnails", "reference"):
         if not getattr(data, key):
             raise ThumbsaeError(f"data.{key}: not set; pass data.{key}=IMAGES (a manifest or a folder)")
+    ensure_world(cfg, [data.thumbnails, data.reference], overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ensure_world(cfg, [data.thumbnails, data.reference])
     sae_dir = resolve_sae_dir(cfg, overrides)
     sae, sae_config = load_sae(sae_dir, hook_defaults=hook_defaults(cfg, overrides))
     clip_cfg, hook = hook_from_sae(cfg, sae_config, overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from thumbsae.activations.config import ClipConfig, HookConfig
@@ -70,11 +71,11 @@ def extract_store(
     return store, images
 
 
-def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported lazily
+def extract(cfg, overrides: Sequence[str] = ()) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported lazily
     """`python extract.py`: the store of `source` (`kind` images|thumbnails|reference) at `out`;
     rejects go to `<out>_rejects.csv` beside it. Under torchrun every rank runs this and the ranks
     share the shards (one store, read as a single process would write it). Returns the store and
-    whether this process is the main one."""
+    whether this process is the main one. `overrides`: the command line's, for `ensure_world`."""
     from thumbsae.activations.distributed import extraction_group
     from thumbsae.config import build
     from thumbsae.data import KINDS
@@ -91,7 +92,7 @@ def extract(cfg) -> tuple["ActivationStore", bool]:  # noqa: F821 - imported laz
     out = Path(cfg.out)
     with extraction_group() as ranks:
         if ranks.is_main:
-            ensure_world(cfg, [cfg.source])
+            ensure_world(cfg, [cfg.source], overrides)
         ranks.barrier()
         store, _ = extract_store(cfg.source, kind=cfg.kind, hook=hook, clip_cfg=clip_cfg, strict=data.strict,
                                  rejects_path=out.parent / f"{out.name}_rejects.csv", out_dir=out)

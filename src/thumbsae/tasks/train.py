@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from thumbsae.config import build, check, refuse_overrides, setting, to_plain
+from thumbsae.config import Seed, build, check, refuse_overrides, setting, to_plain
 from thumbsae.console import training_callbacks
 from thumbsae.errors import ThumbsaeError
 from thumbsae.files import atomic_write_text
@@ -90,7 +90,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
 
     refuse_overrides(overrides, EVAL_GROUPS, why="train.py does not evaluate; evaluate.py does")
     run_dir = Path(run_dir)
-    seed = setting(cfg, "seed", int)
+    seed = setting(cfg, "seed", Seed)
     data = build(cfg.data, "data")
     clip_cfg = build(cfg.model, "model")
     hook = build(cfg.activations, "activations")
@@ -100,6 +100,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     sae_node = to_plain(cfg.sae)
     if not hook.store and not data.train:
         raise ThumbsaeError("data.train: not set; pass data.train=IMAGES (a manifest or a folder) or activations.store=STORE")
+    ensure_world(cfg, [] if hook.store else [data.train], overrides)
     resume = check_resumable(run_dir / "checkpoints" / "last.ckpt")
     name = run_name(cfg)
     loggers = make_loggers(cfg.get("logger"), run_dir, name=name, group=cfg.get("group"))
@@ -110,7 +111,6 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
 
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(seed, workers=True, verbose=False)
-    ensure_world(cfg, [] if hook.store else [data.train])
     clip = clip_cfg.load()
     # The SAE's settings are checked against the model's width before any activation is extracted.
     build(cfg.sae, "sae", d_in=int(clip.visual.transformer.width))

@@ -9,7 +9,7 @@ from thumbsae.world.captions import MOTIF_PHRASES, SCENE_PHRASES, caption_for, t
 from thumbsae.world.config import DEFAULT_EFFECTS, WorldConfig
 from thumbsae.world.drawing import DISTRACTORS, MOTIFS, SCENES, draw_thumbnail
 from thumbsae.world.generate import REFERENCE_COLUMNS, THUMBNAIL_COLUMNS, generate_world
-from thumbsae.world.population import FORMULA, WorldPlan, plan_world
+from thumbsae.world.population import FORMULA, WorldPlan, plan_world, settings_differing
 
 __all__ = [
     "DEFAULT_EFFECTS",
@@ -27,5 +27,6 @@ __all__ = [
     "draw_thumbnail",
     "generate_world",
     "plan_world",
+    "settings_differing",
     "title_for",
 ]

@@ -7,6 +7,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from thumbsae.config import MAX_SEED, Seed
 from thumbsae.errors import ThumbsaeError
 from thumbsae.world.drawing import MOTIFS
 
@@ -68,7 +69,7 @@ class WorldConfig:
     png_compress_level: zlib level of the PNGs (low is fast; files stay lossless either way).
 
     Every setting is checked on construction: a bad one raises `ThumbsaeError` in one line naming
-    it (`world.seed=-1: must be an integer in 0..9223372036854775807`); sizes and counts have upper
+    it (`world.seed=-1: must be an integer in 0..4294967295`); sizes and counts have upper
     limits (`MAX_SIDE`, `MAX_THUMBNAILS`, ...) so that one run cannot exhaust memory or disk.
     """
 
@@ -77,7 +78,7 @@ class WorldConfig:
     height: int = 224
     n_channels: int = 40
     n_reference_per_class: int = 150
-    seed: int = 0
+    seed: Seed = 0
     null: bool = False
     years: tuple[int, int] = (2015, 2024)
     effects: tuple[tuple[str, float], ...] | Mapping[str, float] = field(default=DEFAULT_EFFECTS)
@@ -108,7 +109,7 @@ class WorldConfig:
         _integer("height", self.height, MIN_SIDE, MAX_SIDE)
         _integer("n_channels", self.n_channels, 1, MAX_CHANNELS)
         _integer("n_reference_per_class", self.n_reference_per_class, 0, MAX_REFERENCE_PER_CLASS)
-        _integer("seed", self.seed, 0, 2**63 - 1)
+        _integer("seed", self.seed, 0, MAX_SEED)
         if not isinstance(self.null, bool):
             raise ThumbsaeError(f"world.null={self.null!r}: must be true or false")
         if self.workers is not None:

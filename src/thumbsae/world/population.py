@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -188,17 +190,31 @@ def plan_world(cfg: WorldConfig) -> WorldPlan:
         "motifs": list(MOTIFS),
         "distractors": list(DISTRACTORS),
         "scenes": list(SCENES),
-        "config": {
-            "n_thumbnails": cfg.n_thumbnails,
-            "width": cfg.width,
-            "height": cfg.height,
-            "n_channels": cfg.n_channels,
-            "n_reference_per_class": cfg.n_reference_per_class,
-            "years": list(cfg.years),
-            "effects": dict(cfg.effects),
-            "confounded": list(cfg.confounded),
-            "channel_sd": cfg.channel_sd,
-            "confound_strength": cfg.confound_strength,
-        },
+        "config": {key: _on_record(cfg, key) for key in _CONFIG_ON_RECORD},
     }
     return WorldPlan(thumbnails=thumbnails, reference=_reference(cfg), ground_truth=truth)
+
+
+# The settings that decide a world's content, as its ground truth records them: at the top level
+# (written above under their own names) and under "config". `workers` and `png_compress_level` change
+# neither a pixel nor a view count, so they are not on record.
+_TOP_ON_RECORD = ("seed", "null", "base", "age_effect_per_year", "warmth_effect", "noise_sd")
+_CONFIG_ON_RECORD = (
+    "n_thumbnails", "width", "height", "n_channels", "n_reference_per_class", "years", "effects",
+    "confounded", "channel_sd", "confound_strength",
+)
+
+
+def _on_record(cfg: WorldConfig, key: str) -> Any:
+    value = getattr(cfg, key)
+    return dict(value) if key == "effects" else list(value) if isinstance(value, tuple) else value
+
+
+def settings_differing(cfg: WorldConfig, ground_truth: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The settings of `cfg` that differ from those a generated world's `ground_truth.json` records:
+    `{key: (recorded, asked)}`, empty when `cfg` would generate that same world."""
+    config = ground_truth.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    recorded = {k: ground_truth.get(k) for k in _TOP_ON_RECORD} | {k: config.get(k) for k in _CONFIG_ON_RECORD}
+    asked = {k: _on_record(cfg, k) for k in recorded}
+    return {k: (recorded[k], asked[k]) for k in recorded if recorded[k] != asked[k]}
