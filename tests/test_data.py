@@ -141,7 +141,7 @@ def test_truncated_jpeg_is_rejected(tmp_path):
 # ---------------------------------------------------------------- manifests: rejects
 
 
-def test_every_bad_image_becomes_a_reject_with_its_reason(tmp_path, capsys):
+def test_every_bad_image_becomes_a_reject_with_its_reason(tmp_path, capsys, monkeypatch):
     bad = make_bad_images(tmp_path / "img")
     rows = [{"video_id": "ok", "image": "img/good.png", "views": 10}]
     rows += [{"video_id": name, "image": str(path), "views": 5} for name, (path, _) in bad.items()]
@@ -159,7 +159,10 @@ def test_every_bad_image_becomes_a_reject_with_its_reason(tmp_path, capsys):
     for name, (_, prefix) in bad.items():
         assert by_id[name].startswith(prefix), (name, by_id[name])
     out = capsys.readouterr().out
-    assert f"5 of 6 rows rejected -> {rejects_csv}" in out
+    assert f"5 of 6 rows rejected -> {rejects_csv}" in out  # outside the working directory: absolute
+    monkeypatch.chdir(tmp_path)  # inside it: as the user would type it
+    load_image_set(manifest, rejects_path=rejects_csv, max_pixels=5000)
+    assert "thumbnails.csv: 5 of 6 rows rejected -> out/rejects.csv\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from thumbsae.data.images import (
     load_rgb,
 )
 from thumbsae.errors import ThumbsaeError, one_line
-from thumbsae.files import atomic_path
+from thumbsae.files import atomic_path, shown_path
 
 KINDS = ("thumbnails", "reference", "images")
 REQUIRED_COLUMNS = ("video_id", "image")
@@ -124,6 +124,7 @@ def report_rejects(
     rejects = checked.rejects
     if rejects_path is not None:
         write_rejects(rejects, rejects_path)
+        rejects_path = shown_path(rejects_path)
     if rejects or rejects_path is not None:
         where = f" -> {rejects_path}" if rejects_path is not None else ""
         first = f" (first: {_describe(rejects[0])})" if rejects and rejects_path is None else ""
