@@ -307,6 +307,29 @@ def test_bad_flags_on_the_command_line_exit_with_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.csv"]  # nothing written
 
 
+def test_a_multirun_is_checked_before_its_first_job(capsys):
+    from thumbsae.tasks.entry import check_command_line, sweep_samples
+
+    # Every value of every sweep is composed once: 1 + 1 + 2 lists here, not the 2 x 3 product.
+    assert sweep_samples(["sae=topk,relu", "sae.expansion_factor=8,16,32", "seed=1"]) == [
+        ["sae=topk", "sae.expansion_factor=8", "seed=1"],
+        ["sae=relu", "sae.expansion_factor=8", "seed=1"],
+        ["sae=topk", "sae.expansion_factor=16", "seed=1"],
+        ["sae=topk", "sae.expansion_factor=32", "seed=1"],
+    ]
+    assert sweep_samples(["sae.k=range(4,7,2)"]) == [["sae.k=4"], ["sae.k=6"]]
+    check_command_line("train.py", "train", ["-m", "sae.expansion_factor=8,16", "hydra.sweep.dir=x"])  # fine
+    for argv, says in [
+        (["-m", "sae.bogus=1,2"], "train.py: error: bad setting: Could not override 'sae.bogus'."),
+        (["--multirun", "sae.expansion_factor=8,16", "sae=topk,bogus"], "Could not find 'sae/bogus'"),
+        (["-m", "sae.k=range(1,1)"], "train.py: error: sae.k=range(1,1): the sweep has no values"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            check_command_line("train.py", "train", argv)
+        assert exit_.value.code == 2
+        assert says in one_line_error(capsys)
+
+
 # ---------------------------------------------------------------- 9. a malformed ground truth is a warning
 
 

@@ -240,6 +240,10 @@ def test_unknown_keys_and_malformed_overrides_are_one_line_errors():
         check_fields(build.__globals__["dataclasses"].make_dataclass("X", ["a"]), {"a": 1, "bogus": 2}, "eval")
     with pytest.raises(ThumbsaeError, match=r"^data.train: must be set"):
         build(compose("train", ["data=custom"]).data, "data")
+    with pytest.raises(ThumbsaeError) as err:
+        compose("train", ["sae=bogus"])
+    assert str(err.value).startswith("bad setting: In 'pipeline': Could not find 'sae/bogus' Available options in 'sae': ")
+    assert str(err.value).endswith(" relu study_relu topk")  # the options, not Hydra's search path
 
 
 def test_a_setting_that_would_not_apply_is_refused():

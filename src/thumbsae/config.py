@@ -59,7 +59,8 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ThumbsaeError(f"bad setting: {one_line(err)}") from None
+        # Hydra ends an unknown group option with its search path: where conf/ is, not what to type.
+        raise ThumbsaeError(f"bad setting: {one_line(err).split(' Config search path:')[0]}") from None
     finally:
         GlobalHydra.instance().clear()
 

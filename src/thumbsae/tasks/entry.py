@@ -10,24 +10,57 @@ from typing import NoReturn
 from thumbsae.config import compose
 from thumbsae.errors import ThumbsaeError
 
-# Hydra's own flags: with these the command line is Hydra's to read (sweeps, help, config printing).
-HYDRA_FLAGS = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+# Hydra's own flags: with these the command line is Hydra's to read (help, config printing).
+HYDRA_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def check_command_line(script: str, config_name: str, argv: list[str] | None = None) -> None:
     """Compose `conf/<config_name>.yaml` with the command line's overrides; on a malformed override,
     an unknown key or group option, print one line (`train.py: error: ...`) and exit 2.
 
-    Multirun sweeps and Hydra's own flags are left to Hydra.
+    A multirun (`-m sae.expansion_factor=8,16`) is checked before its first job starts: every value
+    of every sweep is composed once (`sweep_samples`), so `-m sae.bogus=1,2` is one line too. Hydra's
+    own flags are left to Hydra.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in HYDRA_FLAGS or a.startswith("--config") for a in argv):
         return
     overrides = [a for a in argv if not a.startswith(("hydra.", "hydra/", "+hydra", "-"))]
     try:
-        compose(config_name, overrides)
+        for job in sweep_samples(overrides) if any(a in MULTIRUN_FLAGS for a in argv) else [overrides]:
+            compose(config_name, job)
     except ThumbsaeError as err:
         fail(script, err)
+
+
+def sweep_samples(overrides: list[str]) -> list[list[str]]:
+    """Override lists of single values that together use every value of every sweep once: each sweep
+    at its first value, then each further value with the others at their first (1 + sum of the
+    extra values, not their product). A glob sweep needs the config to expand: none (left to Hydra)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - compose says what is malformed, in one line
+        return [overrides]
+    options = []
+    for override in parsed:
+        if isinstance(override.value(), Glob):
+            return []
+        if not override.is_sweep_override():
+            options.append([override.input_line])
+            continue
+        values = [f"{override.get_key_element()}={v}" for v in override.sweep_string_iterator()]
+        if not values:
+            raise ThumbsaeError(f"{override.input_line}: the sweep has no values")
+        options.append(values)
+    first = [values[0] for values in options]
+    samples = [first]
+    for i, values in enumerate(options):
+        samples += [[*first[:i], value, *first[i + 1:]] for value in values[1:]]
+    return samples
 
 
 def run_task(script: str, task: Callable[[], str]) -> None:
