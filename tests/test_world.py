@@ -243,11 +243,12 @@ def test_caption_for_names_the_content():
     assert "neutral" in caption_for([], "bokeh", 0.0)
 
 
-def test_cli_writes_a_world_and_a_null_world(tmp_path, capsys):
+def test_cli_writes_a_world_and_a_null_world(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the paths it prints are relative to the working directory
     args = [
         "world",
         "--out",
-        str(tmp_path / "w"),
+        "w",
         "--thumbnails",
         "30",
         "--seed",
@@ -261,7 +262,9 @@ def test_cli_writes_a_world_and_a_null_world(tmp_path, capsys):
         "1",
     ]
     assert cli_main(args) == 0
+    assert capsys.readouterr().out.endswith("wrote world to w\n")
     assert cli_main([*args[:2], str(tmp_path / "n"), *args[3:], "--null"]) == 0
+    assert capsys.readouterr().out.endswith("wrote world to n\n")  # given absolute, inside it: shown relative
     thumbs = pd.read_csv(tmp_path / "w" / "thumbnails.csv")
     null = pd.read_csv(tmp_path / "n" / "thumbnails.csv")
     assert len(thumbs) == 30 and sorted(thumbs["views"]) == sorted(null["views"])

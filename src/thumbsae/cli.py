@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from thumbsae.config import build, compose, refuse_overrides
 from thumbsae.console import quiet_third_party
 from thumbsae.errors import ThumbsaeError
+from thumbsae.files import shown_path
 
 # `key=value`, `+key=value`, `~key`, `group=option`: what Hydra takes on a command line.
 OVERRIDE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w.@/-]*(=.*)?$")
@@ -50,7 +51,7 @@ def _world(args: argparse.Namespace, overrides: list[str]) -> int:
     }
     cfg = _compose("world", overrides, {"out": args.out, **flags})
     out = generate_world(build(cfg.world, "world"), Path(cfg.out))
-    print(f"wrote world to {out}")
+    print(f"wrote world to {shown_path(out)}")
     return 0
 
 
@@ -59,7 +60,7 @@ def _world_clip(args: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = _compose("world_clip", overrides, {"world_dir": args.world, "out": args.out})
     out = train_world_clip(Path(cfg.world_dir), Path(cfg.out), build(cfg.world_clip, "world_clip"))
-    print(f"wrote {out}")
+    print(f"wrote {shown_path(out)}")
     return 0
 
 
@@ -72,7 +73,7 @@ def _fetch(args: argparse.Namespace, overrides: list[str]) -> int:
          "fetch.retries": args.retries},
     )
     manifest, rejects = fetch_manifest(Path(cfg.manifest), Path(cfg.out), build(cfg.fetch, "fetch"))
-    print(f"wrote {manifest} and {rejects}")
+    print(f"wrote {shown_path(manifest)} and {shown_path(rejects)}")
     return 0
 
 
@@ -94,7 +95,7 @@ def _import(args: argparse.Namespace, overrides: list[str]) -> int:
         from thumbsae.data.youtube_api import import_youtube_api
 
         manifest, rejects = import_youtube_api([Path(p) for p in cfg.inputs], Path(cfg.out), config)
-    print(f"wrote {manifest} and {rejects}")
+    print(f"wrote {shown_path(manifest)} and {shown_path(rejects)}")
     return 0
 
 
@@ -122,7 +123,7 @@ def _rank(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg=video,
         hook_defaults=hook_defaults(cfg, overrides),
     )
-    written = f"wrote {Path(cfg.out) / 'ranking.json'} and {Path(cfg.out) / 'report.html'}"
+    written = f"wrote {shown_path(Path(cfg.out) / 'ranking.json')} and {shown_path(Path(cfg.out) / 'report.html')}"
     if records:
         best = records[0]
         where = f"at {best['timecode']}" if best.get("timecode") else str(best.get("source", ""))
@@ -151,7 +152,7 @@ def _export(args: argparse.Namespace, overrides: list[str]) -> int:
     refuse_storage_settings(overrides, "export")
     cfg = _compose("export", overrides, {"sae_dir": args.sae_dir, "format": args.format, "out": args.out})
     out = export_sae(Path(cfg.sae_dir), str(cfg.format), Path(cfg.out), hook_defaults=hook_defaults(cfg, overrides))
-    print(f"wrote {out} ({cfg.format})")
+    print(f"wrote {shown_path(out)} ({cfg.format})")
     return 0
 
 
@@ -160,7 +161,7 @@ def _compare(args: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = _compose("compare", overrides, {"runs": list(args.runs), "evaluations": args.eval, "out": args.out})
     files = write_comparison_report([Path(r) for r in cfg.runs], Path(cfg.out), [Path(e) for e in cfg.evaluations])
-    print(f"wrote {files.html}, {files.csv} and {files.png}")
+    print(f"wrote {shown_path(files.html)}, {shown_path(files.csv)} and {shown_path(files.png)}")
     return 0
 
 
