@@ -159,3 +159,22 @@ def test_stage_progress_does_not_count_a_step_that_failed():
         step("study")
         raise RuntimeError("boom")
     assert step.done == ["encode"]
+
+
+def _draws(capsys, monkeypatch, *, terminal: bool) -> list[str]:
+    import time
+
+    from thumbsae.console import progress_bar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    with progress_bar(400, "many") as bar:
+        for _ in range(400):
+            time.sleep(0.002)  # 0.8 s in all: eight redraws on a terminal
+            bar.update(1)
+    return [d for d in capsys.readouterr().err.replace("\n", "\r").split("\r") if "many:" in d]
+
+
+def test_off_a_terminal_a_bar_is_redrawn_rarely(capsys, monkeypatch):
+    in_log = _draws(capsys, monkeypatch, terminal=False)
+    assert len(in_log) <= 3 and "400/400" in in_log[-1]  # start, end (tqdm repeats the end on close)
+    assert len(_draws(capsys, monkeypatch, terminal=True)) >= 5

@@ -200,6 +200,7 @@ def test_cli_fetch_and_its_errors(server, tmp_path, capsys):
     pd.DataFrame({"video_id": ["a"], "image": [server.url("/a.png")], "views": [1]}).to_csv(manifest, index=False)
     assert cli_main(["fetch", str(manifest), "--out", str(tmp_path / "o"), "--timeout", "2"]) == 0
     assert (tmp_path / "o" / "manifest.csv").is_file() and (tmp_path / "o" / "rejects.csv").is_file()
+    assert "fetch: 100%" in capsys.readouterr().err  # its progress bar, finished
 
     assert cli_main(["fetch", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "o2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -109,14 +109,29 @@ def hydra_verbose() -> bool:
         return False
 
 
-def progress_bar(total: int | None, desc: str, *, unit: str = "it", initial: int = 0, disable: bool = False):
-    """A tqdm bar on stderr with a known `total` (what every stage's bar uses). Close it (or use
-    it as a context manager) when the stage ends."""
+def progress_bar(
+    total: int | None, desc: str, *, unit: str = "it", initial: int = 0, disable: bool = False, iterable: Any = None
+):
+    """A tqdm bar on stderr with a known `total` (what every stage's bar uses), over `iterable` when
+    given. Close it (or use it as a context manager) when the stage ends. Off a terminal (a log file, CI, a pipe) it is
+    redrawn at most every `LOG_REFRESH_S` seconds instead of ten times a second, so a log holds a
+    few lines per stage, the final one always among them."""
     from tqdm.auto import tqdm
 
     return tqdm(
-        total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True
+        iterable, total=total, initial=initial, desc=desc, unit=unit, disable=disable, file=sys.stderr, dynamic_ncols=True,
+        mininterval=0.1 if _is_terminal(sys.stderr) else LOG_REFRESH_S,
     )
+
+
+LOG_REFRESH_S = 15.0
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
 
 
 class StageProgress:

@@ -13,11 +13,11 @@ import contextlib
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from thumbsae.activations.clip import LoadedCLIP
 from thumbsae.activations.decoding import batch_stream, resolve_num_workers
@@ -38,6 +38,7 @@ from thumbsae.activations.store_writer import (
     write_extraction_rejects,
     write_shard,
 )
+from thumbsae.console import progress_bar
 from thumbsae.errors import ThumbsaeError
 
 __all__ = [
@@ -119,8 +120,8 @@ def extract_to_store(
     total = sum(shard_inputs[s][1] - shard_inputs[s][0] for s in mine)
     done_images = total - sum(shard_inputs[s][1] - shard_inputs[s][0] for s in pending)
     rank_tag = f" rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else ""
-    with tqdm(
-        total=total, initial=done_images, unit="img", desc=f"extract {out_dir.name}{rank_tag}", disable=not progress
+    with progress_bar(
+        total, f"extract {out_dir.name}{rank_tag}", unit="img", initial=done_images, disable=not progress
     ) as bar:
         forward = PixelForward(clip.model, transform, layer, tokens)
         writer = ShardWriter(out_dir, dtype, settings["d"], store_hash)
@@ -218,7 +219,7 @@ def _extract_shards(
     batch_size: int,
     num_workers: int,
     precision: str,
-    bar: tqdm,
+    bar: Any,
 ) -> None:
     """Compute and write every pending shard; batches never straddle two shards."""
     batches: list[list[int]] = []

@@ -208,9 +208,9 @@ def encode_latents(
     done: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     starts = range(0, rows.n, batch_size)
     if progress:
-        from tqdm import tqdm
+        from thumbsae.console import progress_bar
 
-        starts = tqdm(starts, desc="latents", unit="batch")
+        starts = progress_bar(len(starts), "latents", unit="batch", iterable=starts)
     with torch.inference_mode():
         for start in starts:
             stop = min(start + batch_size, rows.n)

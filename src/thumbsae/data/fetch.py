@@ -18,7 +18,6 @@ import numbers
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,6 @@ from pathlib import Path
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from tqdm import tqdm
 
 from thumbsae.data.images import (
     DEFAULT_MAX_DECODE_BYTES,
@@ -37,6 +35,7 @@ from thumbsae.data.images import (
     decode_image,
 )
 from thumbsae.data.manifest import Reject, is_url, read_manifest, validate_image_set, write_manifest, write_rejects
+from thumbsae.console import progress_bar
 from thumbsae.errors import ThumbsaeError
 
 # 50 MB: a thumbnail is ~100 kB; anything this big is not one and would only fill the disk.
@@ -234,7 +233,7 @@ def _fetch_all(urls: list[str], images_dir: Path, *, config: FetchConfig, progre
         return local.session
 
     outcomes: dict[str, FetchOutcome] = {}
-    bar = tqdm(total=len(urls), unit="image", desc="fetch", file=sys.stderr, disable=None if progress else True)
+    bar = progress_bar(len(urls), "fetch", unit="image", disable=not progress or not urls)
     pool = ThreadPoolExecutor(max_workers=config.workers)
     try:
         futures = {url: pool.submit(fetch_url, url, images_dir, session=session, config=config, stop=stop) for url in urls}

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from thumbsae.data.youtube_api import COUNT_FIELDS, Selection, VideoRecord, YouTubeImportConfig
+from thumbsae.console import progress_bar
 from thumbsae.errors import ThumbsaeError, one_line
 from thumbsae.files import atomic_path
 
@@ -105,8 +105,8 @@ def import_yt8m(
     selection = Selection(config)
     workers = config.workers or os.cpu_count() or 1
     written = 0
-    with ThreadPoolExecutor(workers) as pool, tqdm(
-        desc="import yt8m", unit="video", disable=not progress, total=sum(_rows(p, h5py) for p in paths)
+    with ThreadPoolExecutor(workers) as pool, progress_bar(
+        sum(_rows(p, h5py) for p in paths), "import yt8m", unit="video", disable=not progress
     ) as bar:
         for path in paths:
             written += _import_shard(path, out_dir, selection, config, pool, bar, h5py)
