@@ -377,6 +377,25 @@ def test_a_malformed_ground_truth_is_a_one_line_warning(tmp_path):
 # ---------------------------------------------------------------- 10. failures are visible
 
 
+@pytest.mark.parametrize("flag", ["strict=true", "data.strict=true"])
+def test_strict_on_the_command_line_makes_a_reject_fatal(tmp_path, flag):
+    # The contract's spelling is `strict=true`; `data.strict=true` is the setting it sets.
+    from thumbsae.config import compose
+    from thumbsae.tasks.extract import extract
+
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("video_id,image,views\na,a.png,5\nb,a.png,-3\n")
+    settings = [f"source={manifest}", "kind=thumbnails", f"out={tmp_path / 'store'}", "model=tiny_random"]
+    with pytest.raises(ThumbsaeError) as err:
+        extract(compose("extract", [*settings, flag]))
+    assert str(err.value).startswith(f"{manifest}: 1 of 2 rows rejected (strict); first: row 2 (video_id 'b'): views is negative")
+    assert pd.read_csv(tmp_path / "store_rejects.csv")["video_id"].tolist() == ["b"]  # written before failing
+    assert not (tmp_path / "store").exists()
+    with pytest.raises(ThumbsaeError, match=r"^strict='maybe': expected true or false$"):
+        extract(compose("extract", [*settings, "strict=maybe"]))
+
+
 def test_fetch_exits_non_zero_when_every_row_is_rejected(tmp_path, capsys):
     manifest = tmp_path / "m.csv"
     manifest.write_text("video_id,image,views\na,missing.png,1\nb,also_missing.png,-3\n")

@@ -180,7 +180,9 @@ def test_every_top_level_key_is_read_by_its_command(name):
             # A group: something builds it or reads it.
             assert re.search(rf"cfg\.{key}\b|\"{key}\"|'{key}'", code), f"{name}: group {key} is read by nothing"
         else:
-            assert re.search(rf"cfg\.{key}\b|cfg\.get\(\"{key}\"|\"{key}\": args", code), f"{name}: key {key} is read by nothing"
+            assert re.search(rf"cfg\.{key}\b|cfg\.get\(\"{key}\"|setting\(cfg, \"{key}\"|\"{key}\": args", code), (
+                f"{name}: key {key} is read by nothing"
+            )
 
 
 # ---- one-line errors before any work ---------------------------------------------------------------

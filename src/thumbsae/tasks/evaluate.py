@@ -74,6 +74,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
     from thumbsae.sae import load_sae
 
     setting(cfg, "seed", Seed)  # checked now, used when the engagement model is fitted
+    setting(cfg, "strict", bool)  # `strict=maybe` named as typed, before data.strict inherits it
     data = build(cfg.data, "data")
     eval_cfg = build(cfg.eval, "eval")
     eng_cfg = build(cfg.engagement, "engagement")

@@ -77,11 +77,12 @@ def extract(cfg, overrides: Sequence[str] = ()) -> tuple["ActivationStore", bool
     share the shards (one store, read as a single process would write it). Returns the store and
     whether this process is the main one. `overrides`: the command line's, for `ensure_world`."""
     from thumbsae.activations.distributed import extraction_group
-    from thumbsae.config import build
+    from thumbsae.config import build, setting
     from thumbsae.data import KINDS
     from thumbsae.errors import ThumbsaeError
     from thumbsae.tasks.embedded import ensure_world
 
+    setting(cfg, "strict", bool)  # `strict=maybe` named as typed, before data.strict inherits it
     data = build(cfg.data, "data")
     clip_cfg = build(cfg.model, "model")
     hook = build(cfg.activations, "activations")

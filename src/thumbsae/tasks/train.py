@@ -91,6 +91,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> Path
     refuse_overrides(overrides, EVAL_GROUPS, why="train.py does not evaluate; evaluate.py does")
     run_dir = Path(run_dir)
     seed = setting(cfg, "seed", Seed)
+    setting(cfg, "strict", bool)  # `strict=maybe` named as typed, before data.strict inherits it
     data = build(cfg.data, "data")
     clip_cfg = build(cfg.model, "model")
     hook = build(cfg.activations, "activations")
