@@ -79,3 +79,24 @@ def test_cache_name_follows_the_images_model_and_order(tmp_path):
     store.metadata.pop("content_hash")
     assert embeddings_cache(hook, store, ids) is None  # no identity: no cache
 
+
+
+def test_text_cache_name_follows_the_clip_and_the_prompts(tmp_path):
+    from thumbsae.tasks.evaluate import text_embeddings_cache
+
+    hook = HookConfig(cache_dir=str(tmp_path))
+    store = _store(tmp_path, "s", ["a", "b"])
+    store.metadata.pop("model", None)
+    assert text_embeddings_cache(hook, store)(["a photo of food"]) is None  # no CLIP on record: no cache
+    clip = {"name": "ViT-L-14", "pretrained": "openai", "sha256": "ab" * 32, "overrides": None, "seed": 0}
+    store.metadata["model"] = clip
+    name = text_embeddings_cache(hook, store)(["a photo of food", "a photo of cars"])
+    assert name.parent == tmp_path / "text" and name.suffix == ".npy"
+    assert text_embeddings_cache(hook, store)(["a photo of food", "a photo of cars"]) == name
+    # Other thumbnails, same CLIP: the same file (text does not depend on the images).
+    other = _store(tmp_path, "other", ["x", "y", "z"], seed=1)
+    other.metadata["model"] = dict(clip)
+    assert text_embeddings_cache(hook, other)(["a photo of food", "a photo of cars"]) == name
+    assert text_embeddings_cache(hook, store)(["a photo of cars", "a photo of food"]) != name  # another order
+    store.metadata["model"] = {**clip, "sha256": "cd" * 32}  # other weights
+    assert text_embeddings_cache(hook, store)(["a photo of food", "a photo of cars"]) != name

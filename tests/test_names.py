@@ -49,7 +49,7 @@ def fake_tower(tmp_path, monkeypatch):
             path = tmp_path / f"{word.replace(' ', '_')}_{j}.png"
             Image.new("RGB", (8, 8), rgb).save(path)
             paths[word].append(str(path))
-    calls = {"images": 0}
+    calls = {"images": 0, "texts": 0}
 
     def image_embeddings(clip, images):
         calls["images"] += len(images)
@@ -62,6 +62,7 @@ def fake_tower(tmp_path, monkeypatch):
         return np.stack(rows).astype(np.float32)
 
     def encode_text(clip, texts):
+        calls["texts"] += len(texts)
         rows = []
         for text in texts:
             word = text.removeprefix("a photo of ").removeprefix("a thumbnail of ")
@@ -110,6 +111,29 @@ def test_known_embeddings_are_used_instead_of_embedding_again(fake_tower):
         plain, sort_keys=True
     )
     assert calls["images"] == 0
+
+
+def test_the_text_tower_runs_over_a_vocabulary_once_per_cache_file(fake_tower, tmp_path):
+    paths, calls = fake_tower
+    args = dict(top_images={7: paths["food"][:3]}, all_images_sample=[p for w in paths for p in paths[w]],
+                clip=FakeClip(), vocabulary=WORDS, top_words=2)
+    plain = name_features([7], **args)
+    asked = []
+
+    def cache(prompts):
+        asked.append(prompts)
+        return tmp_path / "text" / "a.npy"
+
+    calls["texts"] = 0
+    first = name_features([7], **args, text_cache=cache)
+    assert calls["texts"] == len(asked[0]) == 2 * len(WORDS)  # two prompt templates per word
+    assert (tmp_path / "text" / "a.npy").is_file() and not list((tmp_path / "text").glob(".*"))
+    again = name_features([7], **args, text_cache=cache)
+    assert calls["texts"] == 2 * len(WORDS)  # read back, not embedded again
+    assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True) == json.dumps(plain, sort_keys=True)
+    (tmp_path / "text" / "a.npy").write_bytes(b"not an array")  # damaged: embedded again and replaced
+    assert json.dumps(name_features([7], **args, text_cache=cache), sort_keys=True) == json.dumps(plain, sort_keys=True)
+    assert calls["texts"] == 4 * len(WORDS)
 
 
 def test_background_subtraction_is_what_removes_the_shared_look(fake_tower):

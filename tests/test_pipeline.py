@@ -99,6 +99,12 @@ def test_evaluate_shows_its_steps_and_what_to_run_next(evaluated):
     assert len(cached) == 1
     summary = json.loads((evaluated / "summary.json").read_text())
     assert np.load(cached[0], allow_pickle=False).shape[0] == summary["n_thumbnails"]
+    # So are the text embeddings of the naming vocabulary's prompts (the world CLIP has a text tower).
+    from thumbsae.analysis.names import PROMPT_TEMPLATES, load_vocabulary
+
+    text = list((evaluated.parent / "cache" / "text").glob("*.npy"))
+    assert len(text) == 1 and summary["feature_names"] != ["none"]
+    assert np.load(text[0], allow_pickle=False).shape[0] == len(PROMPT_TEMPLATES) * len(load_vocabulary(None))
 
 
 def test_evaluate_writes_the_contract_files(evaluated, tiny_world):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -55,6 +56,23 @@ def write_array(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def cached_array(cache: Path | None, n_rows: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """A float32 `[n_rows, E]` array kept in the `.npy` file `cache`: read from it when it holds one
+    of that shape, else `compute()`d and written there (temporary name, then rename; an unreadable
+    file is replaced). The caller names the file by everything the array depends on. None: no cache."""
+    if cache is not None and cache.is_file():
+        try:
+            cached = np.load(cache, allow_pickle=False)
+        except (OSError, ValueError):
+            cached = None
+        if cached is not None and cached.dtype == np.float32 and cached.ndim == 2 and len(cached) == n_rows:
+            return cached
+    array = np.asarray(compute()).astype(np.float32, copy=False)
+    if cache is not None:
+        write_array(cache, array)
+    return array
 
 
 def write_json(path: Path, obj: dict) -> None:

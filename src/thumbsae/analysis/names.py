@@ -16,7 +16,7 @@ Two ways, and every name says which it used (`source`):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -62,6 +62,7 @@ def name_features(
     template: str | Sequence[str] = PROMPT_TEMPLATES,
     batch_size: int = 64,
     known_embeddings: Mapping[str, np.ndarray] | None = None,
+    text_cache: Callable[[list[str]], Path | None] | None = None,
 ) -> dict[int, dict]:
     """Name each feature from CLIP text words (with a text tower) or its reference labels.
 
@@ -83,6 +84,9 @@ def name_features(
         batch_size: images decoded at a time (bounds memory: only one batch of pixels is held).
         known_embeddings: image path -> its L2-normalised final CLIP embedding, already computed
             (e.g. evaluate.py's embeddings of every thumbnail); those images are not embedded again.
+        text_cache: prompts -> the `.npy` file that keeps their text embeddings for this CLIP
+            (evaluate.py's `text_embeddings_cache`), so the text tower runs over a vocabulary once
+            per CLIP; None embeds them every time.
     Returns:
         feature -> {"name": str, "source": "text" | "reference_label" | "none",
         "words": [(word or label, score)]} where score is a cosine for `"text"` and a share of the
@@ -96,7 +100,8 @@ def name_features(
         return by_label
     words = vocabulary if isinstance(vocabulary, (list, tuple)) else load_vocabulary(vocabulary)
     names = _name_by_text(
-        features, top_images, all_images_sample, clip, list(words), top_words, template, batch_size, known_embeddings
+        features, top_images, all_images_sample, clip, list(words), top_words, template, batch_size, known_embeddings,
+        text_cache,
     )
     for f in features:
         if names[f]["source"] == "none":
@@ -136,14 +141,18 @@ def _name_by_text(
     template: str | Sequence[str],
     batch_size: int,
     known_embeddings: Mapping[str, np.ndarray] | None = None,
+    text_cache: Callable[[list[str]], Path | None] | None = None,
 ) -> dict[int, dict]:
     """Top vocabulary words per feature by cosine of (top - background) with centred prompts."""
     from thumbsae.activations import encode_text, image_embeddings
+    from thumbsae.activations.store import cached_array
 
     templates = [template] if isinstance(template, str) else list(template)
     # Prompt ensembling: each word's text embedding is the mean over the templates, renormalised.
+    prompts = [t.format(w) for t in templates for w in words]
+    cache = text_cache(prompts) if text_cache is not None else None
     prompts_TWE = np.asarray(
-        encode_text(clip, [t.format(w) for t in templates for w in words]), dtype=np.float64
+        cached_array(cache, len(prompts), lambda: encode_text(clip, prompts)), dtype=np.float64
     ).reshape(len(templates), len(words), -1)
     prompts_WE = prompts_TWE.mean(axis=0)
     prompts_WE /= np.maximum(np.linalg.norm(prompts_WE, axis=1, keepdims=True), 1e-12)

@@ -8,7 +8,7 @@ Writes, under the run folder (the README's "What it writes" table): `feature_gro
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +128,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, overrides: Sequence[str] = ()) -> d
         side_features = [int(f) for f in feature_groups.loc[feature_groups["side"].isin(["high", "low"]), "feature"]]
         known = None if embeddings is None else dict(zip(thumbnails["image"].astype(str), embeddings))
         names = name_side_features(side_features, feature_groups, thumbnails, reference, ref_latents.csr, clip,
-                                   known_embeddings=known)
+                                   known_embeddings=known, text_cache=text_embeddings_cache(hook, thumb_store))
         feature_groups["name"] = [names.get(int(f), {}).get("name", "") for f in feature_groups["feature"]]
         summary = write_study(result, out_dir)
         summary["feature_names"] = sorted({v.get("source", "none") for v in names.values()}) or ["none"]
@@ -178,23 +178,15 @@ def final_embeddings(clip, paths: list[str], *, fit: str, cache: Path | None = N
     full CLIP tower over them once.
     """
     from thumbsae.activations import image_embeddings
-    from thumbsae.activations.store import write_array
+    from thumbsae.activations.store import cached_array
     from thumbsae.data import load_rgb
 
-    if cache is not None and cache.is_file():
-        try:
-            cached = np.load(cache, allow_pickle=False)
-        except (OSError, ValueError):
-            cached = None  # unreadable: computed again and replaced
-        if cached is not None and cached.dtype == np.float32 and cached.ndim == 2 and len(cached) == len(paths):
-            return cached
-    parts = [
-        image_embeddings(clip, [load_rgb(p) for p in paths[i : i + chunk]], fit=fit) for i in range(0, len(paths), chunk)
-    ]
-    embeddings = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
-    if cache is not None:
-        write_array(cache, embeddings)
-    return embeddings
+    def compute() -> np.ndarray:
+        return np.concatenate([
+            image_embeddings(clip, [load_rgb(p) for p in paths[i : i + chunk]], fit=fit) for i in range(0, len(paths), chunk)
+        ], axis=0)
+
+    return cached_array(cache, len(paths), compute)
 
 
 def embeddings_cache(hook: HookConfig, store, video_ids: Sequence[str]) -> Path | None:
@@ -212,11 +204,31 @@ def embeddings_cache(hook: HookConfig, store, video_ids: Sequence[str]) -> Path 
     return Path(hook.cache_dir) / "embeddings" / f"{digest}.npy"
 
 
+def text_embeddings_cache(hook: HookConfig, store) -> Callable[[list[str]], Path | None]:
+    """Prompts -> where `name_features` keeps their text embeddings: under
+    `activations.cache_dir/text/`, named by the CLIP that `store` was extracted with (its name,
+    pretrained tag or path, weights' sha256, overrides, seed) and the prompts. None for a store
+    that does not record its CLIP."""
+    import hashlib
+
+    model = store.metadata.get("model")
+
+    def cache(prompts: list[str]) -> Path | None:
+        if not isinstance(model, dict):
+            return None
+        key = {"what": "CLIP text embeddings, L2-normalised", "model": model, "prompts": list(prompts)}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        return Path(hook.cache_dir) / "text" / f"{digest}.npy"
+
+    return cache
+
+
 def name_side_features(
-    features, feature_groups, thumbnails, reference, ref_csr, clip, *, known_embeddings=None
+    features, feature_groups, thumbnails, reference, ref_csr, clip, *, known_embeddings=None, text_cache=None
 ) -> dict[int, dict]:
     """Names for the high/low features from their top thumbnails (text tower) or reference labels.
-    known_embeddings: image path -> final CLIP embedding already computed (not embedded again)."""
+    known_embeddings: image path -> final CLIP embedding already computed (not embedded again);
+    text_cache: prompts -> the file that keeps their text embeddings (`text_embeddings_cache`)."""
     from thumbsae.analysis.names import name_features
 
     image_of = dict(zip(thumbnails["video_id"], thumbnails["image"]))
@@ -232,7 +244,7 @@ def name_side_features(
     sample = thumbnails["image"].iloc[:: max(1, len(thumbnails) // 256)].tolist()
     return name_features(
         features, top_images=top_images, all_images_sample=sample, clip=clip if clip.has_text else None,
-        reference_labels=labels, known_embeddings=known_embeddings,
+        reference_labels=labels, known_embeddings=known_embeddings, text_cache=text_cache,
     )
 
 
