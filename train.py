@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from thumbsae.tasks.entry import check_command_line, run_task
+from thumbsae.tasks.entry import check_command_line, override_arg, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -22,7 +22,7 @@ def main(cfg: DictConfig) -> None:
         from thumbsae.tasks.train import train
 
         sae_dir = shown_path(train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task)))
-        return f"wrote {sae_dir}\nnext: python evaluate.py sae_dir={sae_dir}"
+        return f"wrote {sae_dir}\nnext: python evaluate.py {override_arg('sae_dir', sae_dir)}"
 
     run_task("train.py", task)
 

@@ -307,6 +307,27 @@ def test_bad_flags_on_the_command_line_exit_with_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.csv"]  # nothing written
 
 
+@pytest.mark.parametrize("value", [
+    "runs/embedded/train/sae",
+    "multirun/train/2026-12-07_22-24-47/sae.expansion_factor=4,trainer.max_steps=20/sae",  # Hydra's own folder names
+    "my runs/it's here/sae",
+    "C:\\runs\\x=1/sae",
+    "odd\\'name\\",
+])
+def test_a_printed_next_command_reads_back_the_same_folder(value):
+    # train.py ends with `next: python evaluate.py sae_dir=...`: what the shell and Hydra make of it
+    # must be the folder train.py wrote, even a multirun's (its name holds `=` and `,`).
+    import shlex
+
+    from thumbsae.config import compose
+    from thumbsae.tasks.entry import override_arg
+
+    words = shlex.split(override_arg("sae_dir", value))
+    assert len(words) == 1
+    assert compose("evaluate", words).sae_dir == value
+    assert (override_arg("sae_dir", value) == f"sae_dir={value}") == (value == "runs/embedded/train/sae")
+
+
 def test_a_multirun_is_checked_before_its_first_job(capsys):
     from thumbsae.tasks.entry import check_command_line, sweep_samples
 

@@ -3,6 +3,8 @@ before Hydra starts, and a task's `ThumbsaeError` turned into one line and exit 
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -61,6 +63,21 @@ def sweep_samples(overrides: list[str]) -> list[list[str]]:
     for i, values in enumerate(options):
         samples += [[*first[:i], value, *first[i + 1:]] for value in values[1:]]
     return samples
+
+
+def override_arg(key: str, value: str) -> str:
+    """`key=value` as one shell word that Hydra reads back as `value`, for the `next:` lines a command
+    prints: quoted for Hydra's grammar and for the shell when `value` holds anything else than
+    letters, digits and `_ . / : + -` (a multirun folder's `sae.expansion_factor=8,...` would
+    otherwise be read as a sweep)."""
+    if re.fullmatch(r"[\w./:+-]+", value):
+        return f"{key}={value}"
+    # In Hydra's quoted strings only backslashes before a quote or at the end are escapes.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    word = f"{key}='{escaped}'"
+    # Double quotes read best (`"sae_dir='multirun/...'"`) where nothing inside is special to them.
+    return f'"{word}"' if not re.search(r'["$`\\!]', word) else shlex.quote(word)
 
 
 def run_task(script: str, task: Callable[[], str]) -> None:
