@@ -113,9 +113,9 @@ def progress_bar(
     total: int | None, desc: str, *, unit: str = "it", initial: int = 0, disable: bool = False, iterable: Any = None
 ):
     """A tqdm bar on stderr with a known `total` (what every stage's bar uses), over `iterable` when
-    given. Close it (or use it as a context manager) when the stage ends. Off a terminal (a log file, CI, a pipe) it is
-    redrawn at most every `LOG_REFRESH_S` seconds instead of ten times a second, so a log holds a
-    few lines per stage, the final one always among them."""
+    given. Close it (or use it as a context manager) when the stage ends. Off a terminal (a log
+    file, CI, a pipe) it is redrawn at most every `LOG_REFRESH_S` seconds instead of ten times a
+    second, so a log holds a few lines per stage, the final one always among them."""
     from tqdm.auto import tqdm
 
     return tqdm(

@@ -164,3 +164,12 @@ def shown_path(path: str | os.PathLike) -> str:
         return resolved.relative_to(Path.cwd().resolve()).as_posix() or "."
     except ValueError:
         return str(resolved)
+
+
+def key_digest(key: object, length: int) -> str:
+    """A cache entry's name: the first `length` hex digits of the sha256 of `key` as sorted JSON,
+    so equal keys name the same file or folder whatever the order they were built in."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:length]

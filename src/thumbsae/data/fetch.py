@@ -28,6 +28,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from thumbsae.console import progress_bar
 from thumbsae.data.images import (
     DEFAULT_MAX_DECODE_BYTES,
     DEFAULT_MAX_PIXELS,
@@ -35,7 +36,6 @@ from thumbsae.data.images import (
     decode_image,
 )
 from thumbsae.data.manifest import Reject, is_url, read_manifest, validate_image_set, write_manifest, write_rejects
-from thumbsae.console import progress_bar
 from thumbsae.errors import ThumbsaeError
 
 # 50 MB: a thumbnail is ~100 kB; anything this big is not one and would only fill the disk.

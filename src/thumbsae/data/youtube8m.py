@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from thumbsae.data.youtube_api import COUNT_FIELDS, Selection, VideoRecord, YouTubeImportConfig
 from thumbsae.console import progress_bar
+from thumbsae.data.youtube_api import COUNT_FIELDS, Selection, VideoRecord, YouTubeImportConfig
 from thumbsae.errors import ThumbsaeError, one_line
 from thumbsae.files import atomic_path
 

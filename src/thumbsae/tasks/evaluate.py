@@ -19,7 +19,7 @@ from thumbsae.activations.config import ClipConfig, HookConfig
 from thumbsae.config import Seed, build, refuse_overrides, setting, to_plain
 from thumbsae.console import StageProgress
 from thumbsae.errors import ThumbsaeError
-from thumbsae.files import atomic_write_text
+from thumbsae.files import atomic_write_text, key_digest
 from thumbsae.tasks.embedded import ensure_world
 from thumbsae.tasks.extract import extract_store
 from thumbsae.tasks.loggers import closing_loggers, make_loggers
@@ -193,15 +193,12 @@ def embeddings_cache(hook: HookConfig, store, video_ids: Sequence[str]) -> Path 
     """Where `final_embeddings` keeps the embeddings of `video_ids` (in that order) of `store`'s
     images: under `activations.cache_dir/embeddings/`, named by the store's content hash (the
     images' bytes, the CLIP model and its preprocessing) and the ids. None for a store without one."""
-    import hashlib
-
     store_hash = store.metadata.get("content_hash")
     if not store_hash:
         return None
     key = {"what": "final CLIP image embeddings, L2-normalised", "store": store_hash, "fit": hook.fit,
            "video_ids": [str(v) for v in video_ids]}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return Path(hook.cache_dir) / "embeddings" / f"{digest}.npy"
+    return Path(hook.cache_dir) / "embeddings" / f"{key_digest(key, 20)}.npy"
 
 
 def text_embeddings_cache(hook: HookConfig, store) -> Callable[[list[str]], Path | None]:
@@ -209,16 +206,13 @@ def text_embeddings_cache(hook: HookConfig, store) -> Callable[[list[str]], Path
     `activations.cache_dir/text/`, named by the CLIP that `store` was extracted with (its name,
     pretrained tag or path, weights' sha256, overrides, seed) and the prompts. None for a store
     that does not record its CLIP."""
-    import hashlib
-
     model = store.metadata.get("model")
 
     def cache(prompts: list[str]) -> Path | None:
         if not isinstance(model, dict):
             return None
         key = {"what": "CLIP text embeddings, L2-normalised", "model": model, "prompts": list(prompts)}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-        return Path(hook.cache_dir) / "text" / f"{digest}.npy"
+        return Path(hook.cache_dir) / "text" / f"{key_digest(key, 20)}.npy"
 
     return cache
 

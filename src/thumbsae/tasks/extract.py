@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from thumbsae.activations.config import ClipConfig, HookConfig
+from thumbsae.files import key_digest
 
 
 def store_folder(source: str | Path, kind: str, hook: HookConfig, clip_cfg: ClipConfig) -> Path:
@@ -24,8 +23,7 @@ def store_folder(source: str | Path, kind: str, hook: HookConfig, clip_cfg: Clip
         "fit": hook.fit,
         "dtype": hook.dtype,
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(hook.cache_dir) / f"{Path(source).stem}-{kind}-{digest}"
+    return Path(hook.cache_dir) / f"{Path(source).stem}-{kind}-{key_digest(key, 12)}"
 
 
 def extract_store(

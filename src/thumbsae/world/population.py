@@ -150,6 +150,21 @@ def _reference(cfg: WorldConfig) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["video_id", "image", "label", "scene", "warmth"])
 
 
+# The settings that decide a world's content, as its ground truth records them: at the top level
+# and under "config". `workers` and `png_compress_level` change neither a pixel nor a view count, so
+# they are not on record.
+_TOP_ON_RECORD = ("seed", "null", "base", "age_effect_per_year", "warmth_effect", "noise_sd")
+_CONFIG_ON_RECORD = (
+    "n_thumbnails", "width", "height", "n_channels", "n_reference_per_class", "years", "effects",
+    "confounded", "channel_sd", "confound_strength",
+)
+
+
+def _on_record(cfg: WorldConfig, key: str) -> Any:
+    value = getattr(cfg, key)
+    return dict(value) if key == "effects" else list(value) if isinstance(value, tuple) else value
+
+
 def plan_world(cfg: WorldConfig) -> WorldPlan:
     """Draw the world's numbers (no pixels): manifests and ground truth for `cfg`."""
     reference_date = dt.date(cfg.years[1] + 1, 1, 1)
@@ -161,10 +176,8 @@ def plan_world(cfg: WorldConfig) -> WorldPlan:
     negative = [m for m in MOTIFS if log_effect[m] < 0] if active else []
     confounded = [m for m in MOTIFS if m in cfg.confounded] if active else []
     truth = {
-        "seed": cfg.seed,
-        "null": cfg.null,
+        **{key: _on_record(cfg, key) for key in _TOP_ON_RECORD},
         "formula": FORMULA,
-        "base": cfg.base,
         # In a null world no motif has an effect any more; the planted values stay on record.
         "motif_effects": {m: (round(e, 6) if active else 0.0) for m, e in log_effect.items()},
         "motif_multipliers": {
@@ -183,31 +196,13 @@ def plan_world(cfg: WorldConfig) -> WorldPlan:
             c: {m: round(float(s[MOTIFS.index(m)]), 6) for m in cfg.confounded}
             for c, s in zip(channels["channel_id"], channels["style"], strict=True)
         },
-        "age_effect_per_year": cfg.age_effect_per_year,
         "reference_date": reference_date.isoformat(),
-        "warmth_effect": cfg.warmth_effect,
-        "noise_sd": cfg.noise_sd,
         "motifs": list(MOTIFS),
         "distractors": list(DISTRACTORS),
         "scenes": list(SCENES),
         "config": {key: _on_record(cfg, key) for key in _CONFIG_ON_RECORD},
     }
     return WorldPlan(thumbnails=thumbnails, reference=_reference(cfg), ground_truth=truth)
-
-
-# The settings that decide a world's content, as its ground truth records them: at the top level
-# (written above under their own names) and under "config". `workers` and `png_compress_level` change
-# neither a pixel nor a view count, so they are not on record.
-_TOP_ON_RECORD = ("seed", "null", "base", "age_effect_per_year", "warmth_effect", "noise_sd")
-_CONFIG_ON_RECORD = (
-    "n_thumbnails", "width", "height", "n_channels", "n_reference_per_class", "years", "effects",
-    "confounded", "channel_sd", "confound_strength",
-)
-
-
-def _on_record(cfg: WorldConfig, key: str) -> Any:
-    value = getattr(cfg, key)
-    return dict(value) if key == "effects" else list(value) if isinstance(value, tuple) else value
 
 
 def settings_differing(cfg: WorldConfig, ground_truth: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
